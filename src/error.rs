@@ -1,0 +1,29 @@
+//! The library's one error type. The C boundary (`capi.rs`) maps each variant
+//! to an `axalloc_status_t`; nothing else in the crate knows about status codes.
+
+/// Why an operation failed. Every failing operation leaves the address space
+/// exactly as it was, except [`Error::Internal`], after which the caller should
+/// destroy the address space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// A bad argument: NULL, unaligned, empty, overflowing, outside the window,
+    /// unknown flag bits.
+    Invalid,
+    /// A hook could not supply a frame (or a bookkeeping limit was reached).
+    NoMemory,
+    /// The range overlaps an existing region.
+    Exists,
+    /// No region covers the address, or nothing is present there.
+    NotMapped,
+    /// The access is not allowed by the region's flags (or the region is device
+    /// memory and the hypervisor asked to copy through it).
+    Access,
+    /// The request is valid but not supported by this build or format.
+    Unsupported,
+    /// An internal invariant broke (e.g. a hook returned NULL from
+    /// `phys_to_virt`, or the table holds an entry no region explains).
+    Internal,
+}
+
+/// Result with the crate's [`Error`].
+pub type Result<T = ()> = core::result::Result<T, Error>;

@@ -1,0 +1,179 @@
+//! Intel EPT (Intel SDM vol. 3C, "EPT Translation Mechanism", tables
+//! "Format of an EPT PML4 Entry" ... "Format of an EPT Page-Table Entry").
+//!
+//! - bits 2:0 read / write / execute; an entry with all three clear is not
+//!   present and the processor ignores bits 62:3;
+//! - leaves: bits 5:3 EPT memory type (6 = write-back, 0 = uncacheable),
+//!   bit 7 = 1 in a PDPTE/PDE that maps a 1 GiB / 2 MiB page;
+//! - non-leaf entries: R|W|X and the table address; bits 7:3 must be 0;
+//! - bits 8/9 are accessed/dirty when EPT A/D is enabled: the processor may
+//!   set them at any time in present entries, so nothing here compares them;
+//! - bits 11 and 56:52 are ignored by the processor: bit 52 marks owned frames.
+
+use core::fmt;
+
+use memory_addr::PhysAddr;
+use page_table_multiarch::{GenericPTE, MappingFlags};
+
+use super::Format;
+
+/// Bits of an EPT entry.
+pub mod bits {
+    /// Read access.
+    pub const READ: u64 = 1 << 0;
+    /// Write access.
+    pub const WRITE: u64 = 1 << 1;
+    /// Execute access (supervisor execute with mode-based control).
+    pub const EXEC: u64 = 1 << 2;
+    /// The permission bits; all clear means "not present".
+    pub const RWX: u64 = READ | WRITE | EXEC;
+    /// Shift of the 3-bit memory type field in leaves.
+    pub const MEMTYPE_SHIFT: u32 = 3;
+    /// The memory type field.
+    pub const MEMTYPE_MASK: u64 = 0b111 << MEMTYPE_SHIFT;
+    /// Memory type "uncacheable" (UC).
+    pub const MEMTYPE_UC: u64 = 0;
+    /// Memory type "write-back" (WB).
+    pub const MEMTYPE_WB: u64 = 6;
+    /// Page size: this PDPTE/PDE is a 1 GiB / 2 MiB leaf.
+    pub const HUGE: u64 = 1 << 7;
+    /// Accessed flag (EPT A/D).
+    pub const ACCESSED: u64 = 1 << 8;
+    /// Dirty flag (EPT A/D, leaves only).
+    pub const DIRTY: u64 = 1 << 9;
+    /// Host-physical address bits 51:12.
+    pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+    /// Software: the frame came from `alloc_frame` (bit 52, ignored).
+    pub const OWNED: u64 = 1 << 52;
+    /// Software, non-present entries only: a parked entry (bit 62; the
+    /// processor ignores bits 62:3 of a not-present entry).
+    pub const PARKED: u64 = 1 << 62;
+    /// Software, parked entries only: where the permission bits wait (55:53).
+    pub const PARKED_RWX_SHIFT: u32 = 53;
+}
+use bits::*;
+
+/// An EPT entry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct EptEntry(u64);
+
+impl fmt::Debug for EptEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EptEntry({:#x})", self.0)
+    }
+}
+
+impl GenericPTE for EptEntry {
+    fn new_page(paddr: PhysAddr, flags: MappingFlags, is_huge: bool) -> Self {
+        let mut raw = paddr.as_usize() as u64 & ADDR_MASK;
+        if flags.contains(MappingFlags::READ) {
+            raw |= READ;
+        }
+        if flags.contains(MappingFlags::WRITE) {
+            raw |= WRITE;
+        }
+        if flags.contains(MappingFlags::EXECUTE) {
+            raw |= EXEC;
+        }
+        let memtype = if flags.intersects(MappingFlags::DEVICE | MappingFlags::UNCACHED) {
+            MEMTYPE_UC
+        } else {
+            MEMTYPE_WB
+        };
+        raw |= memtype << MEMTYPE_SHIFT;
+        if is_huge {
+            raw |= HUGE;
+        }
+        Self(raw)
+    }
+
+    fn new_table(paddr: PhysAddr) -> Self {
+        Self((paddr.as_usize() as u64 & ADDR_MASK) | RWX)
+    }
+
+    fn paddr(&self) -> PhysAddr {
+        PhysAddr::from_usize((self.0 & ADDR_MASK) as usize)
+    }
+
+    fn flags(&self) -> MappingFlags {
+        let mut f = MappingFlags::empty();
+        if self.0 & READ != 0 {
+            f |= MappingFlags::READ;
+        }
+        if self.0 & WRITE != 0 {
+            f |= MappingFlags::WRITE;
+        }
+        if self.0 & EXEC != 0 {
+            f |= MappingFlags::EXECUTE;
+        }
+        if (self.0 & MEMTYPE_MASK) >> MEMTYPE_SHIFT == MEMTYPE_UC {
+            f |= MappingFlags::DEVICE;
+        }
+        f
+    }
+
+    fn set_paddr(&mut self, paddr: PhysAddr) {
+        self.0 = (self.0 & !ADDR_MASK) | (paddr.as_usize() as u64 & ADDR_MASK);
+    }
+
+    fn set_flags(&mut self, flags: MappingFlags, is_huge: bool) {
+        let keep = self.0 & (ADDR_MASK | OWNED);
+        *self = Self::new_page(PhysAddr::from_usize(0), flags, is_huge);
+        self.0 |= keep;
+    }
+
+    fn bits(self) -> usize {
+        self.0 as usize
+    }
+
+    fn is_unused(&self) -> bool {
+        self.0 == 0
+    }
+
+    fn is_present(&self) -> bool {
+        self.0 & RWX != 0
+    }
+
+    fn is_huge(&self) -> bool {
+        self.0 & HUGE != 0
+    }
+
+    fn clear(&mut self) {
+        self.0 = 0;
+    }
+}
+
+/// The Intel EPT format: 4 levels, 48-bit guest-physical addresses.
+pub struct Ept;
+
+impl Format for Ept {
+    type Pte = EptEntry;
+    const LEVELS: usize = 4;
+    const ROOT_ORDER: u32 = 0;
+    const GPA_BITS: u32 = 48;
+    const MAX_LEAF_LEVEL: usize = 2;
+    const OWNED: u64 = OWNED;
+
+    #[inline]
+    fn from_raw(raw: u64) -> EptEntry {
+        EptEntry(raw)
+    }
+
+    #[inline]
+    fn park(raw: u64) -> u64 {
+        // Not present = bits 2:0 clear; keep the permissions in ignored bits.
+        (raw & !RWX) | ((raw & RWX) << PARKED_RWX_SHIFT) | PARKED
+    }
+
+    #[inline]
+    fn is_parked(raw: u64) -> bool {
+        raw & (PARKED | RWX) == PARKED
+    }
+
+    #[inline]
+    fn unpark(raw: u64) -> u64 {
+        let rwx = (raw >> PARKED_RWX_SHIFT) & RWX;
+        (raw & !(PARKED | (RWX << PARKED_RWX_SHIFT))) | rwx
+    }
+}

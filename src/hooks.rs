@@ -1,0 +1,172 @@
+//! The host's callbacks, wrapped in a safe Rust type.
+//!
+//! Every frame the library uses — page tables, guest RAM, its own bookkeeping —
+//! comes from these hooks; the library has no allocator. The wrapper checks
+//! what the host hands back (alignment, range, NULL) so that the rest of the
+//! crate can trust it.
+
+use core::ffi::c_void;
+use core::ptr::NonNull;
+
+use crate::addr::{FRAME_SIZE, Hpa};
+use crate::capi::axalloc_hooks;
+use crate::error::{Error, Result};
+
+type AllocFrameFn = unsafe extern "C" fn(*mut c_void, *mut u64) -> i32;
+type FreeFrameFn = unsafe extern "C" fn(*mut c_void, u64);
+type PhysToVirtFn = unsafe extern "C" fn(*mut c_void, u64) -> *mut c_void;
+type FlushTlbFn = unsafe extern "C" fn(*mut c_void, u64, u64);
+type AllocContigFn = unsafe extern "C" fn(*mut c_void, u32, *mut u64) -> i32;
+type FreeContigFn = unsafe extern "C" fn(*mut c_void, u64, u32);
+
+/// Highest host-physical address any supported format can express (52 bits).
+const HPA_LIMIT: u64 = 1 << 52;
+
+/// Largest `alloc_contig` order the library asks for (2^9 frames = 2 MiB).
+pub const MAX_CONTIG_ORDER: u32 = 9;
+
+/// The validated hooks of one address space.
+#[derive(Clone, Copy)]
+pub struct Hooks {
+    ctx: *mut c_void,
+    alloc_frame: AllocFrameFn,
+    free_frame: FreeFrameFn,
+    phys_to_virt: PhysToVirtFn,
+    flush_tlb: Option<FlushTlbFn>,
+    alloc_contig: Option<AllocContigFn>,
+    free_contig: Option<FreeContigFn>,
+}
+
+// SAFETY: the header requires every hook to be callable from any thread, also
+// concurrently, for as long as the address space lives; `ctx` is only ever
+// passed back to those hooks, never dereferenced here.
+unsafe impl Send for Hooks {}
+// SAFETY: as above; `Hooks` is immutable after creation.
+unsafe impl Sync for Hooks {}
+
+impl Hooks {
+    /// Validates the C hook table: `alloc_frame`, `free_frame` and
+    /// `phys_to_virt` are required, `free_contig` must be given exactly when
+    /// `alloc_contig` is.
+    ///
+    /// # Safety
+    /// Every non-NULL function pointer must be a function with the signature
+    /// the header declares, honouring the contract written there, and stay
+    /// callable (with `ctx`) until the address space is destroyed.
+    pub unsafe fn from_c(h: &axalloc_hooks) -> Result<Self> {
+        let (Some(alloc_frame), Some(free_frame), Some(phys_to_virt)) =
+            (h.alloc_frame, h.free_frame, h.phys_to_virt)
+        else {
+            return Err(Error::Invalid);
+        };
+        if h.alloc_contig.is_some() != h.free_contig.is_some() {
+            return Err(Error::Invalid);
+        }
+        Ok(Self {
+            ctx: h.ctx,
+            alloc_frame,
+            free_frame,
+            phys_to_virt,
+            flush_tlb: h.flush_tlb,
+            alloc_contig: h.alloc_contig,
+            free_contig: h.free_contig,
+        })
+    }
+
+    /// Obtains one 4 KiB frame (contents unspecified).
+    ///
+    /// A frame that is not 4 KiB aligned or lies beyond 52 bits is handed
+    /// straight back and counts as a failed allocation.
+    #[inline]
+    pub fn alloc_frame(&self) -> Result<Hpa> {
+        let mut hpa = 0u64;
+        // SAFETY: `from_c`'s contract makes the pointer a valid hook; `hpa` is
+        // a live local the hook may write.
+        let rc = unsafe { (self.alloc_frame)(self.ctx, &mut hpa) };
+        if rc != 0 {
+            return Err(Error::NoMemory);
+        }
+        if hpa % FRAME_SIZE as u64 != 0 || hpa >= HPA_LIMIT {
+            // SAFETY: the host just gave us this value as a frame; returning
+            // it unused is the only sensible thing to do with it.
+            unsafe { (self.free_frame)(self.ctx, hpa) };
+            return Err(Error::NoMemory);
+        }
+        Ok(Hpa::from_u64(hpa))
+    }
+
+    /// Gives a frame back to the host.
+    ///
+    /// # Safety
+    /// `hpa` came from [`Hooks::alloc_frame`] of these hooks, was not given
+    /// back since, and no hardware translation or library pointer refers to it
+    /// any more (any TLB flush it needed has happened).
+    #[inline]
+    pub unsafe fn free_frame(&self, hpa: Hpa) {
+        // SAFETY: valid hook per `from_c`; ownership per this function's contract.
+        unsafe { (self.free_frame)(self.ctx, hpa.as_u64()) }
+    }
+
+    /// True if the host can supply naturally aligned contiguous blocks.
+    pub fn has_contig(&self) -> bool {
+        self.alloc_contig.is_some()
+    }
+
+    /// Obtains `2^order` contiguous frames aligned to their size.
+    pub fn alloc_contig(&self, order: u32) -> Result<Hpa> {
+        let (Some(alloc), Some(free)) = (self.alloc_contig, self.free_contig) else {
+            return Err(Error::NoMemory);
+        };
+        let mut hpa = 0u64;
+        // SAFETY: valid hook per `from_c`; `hpa` is a live local.
+        let rc = unsafe { alloc(self.ctx, order, &mut hpa) };
+        if rc != 0 {
+            return Err(Error::NoMemory);
+        }
+        let bytes = (FRAME_SIZE as u64) << order;
+        if hpa % bytes != 0 || hpa.checked_add(bytes).is_none_or(|end| end > HPA_LIMIT) {
+            // SAFETY: hand back what the host just gave us, unused.
+            unsafe { free(self.ctx, hpa, order) };
+            return Err(Error::NoMemory);
+        }
+        Ok(Hpa::from_u64(hpa))
+    }
+
+    /// Gives a contiguous block back.
+    ///
+    /// # Safety
+    /// As [`Hooks::free_frame`], for a block from [`Hooks::alloc_contig`] with
+    /// the same `order`.
+    pub unsafe fn free_contig(&self, hpa: Hpa, order: u32) {
+        if let Some(free) = self.free_contig {
+            // SAFETY: valid hook per `from_c`; ownership per the contract.
+            unsafe { free(self.ctx, hpa.as_u64(), order) }
+        }
+    }
+
+    /// The host's virtual address of the frame at `hpa`.
+    #[inline]
+    pub fn virt(&self, hpa: Hpa) -> Result<NonNull<u8>> {
+        // SAFETY: valid hook per `from_c`; translating an address has no side
+        // effects the library relies on.
+        let p = unsafe { (self.phys_to_virt)(self.ctx, hpa.as_u64()) };
+        if (p as usize) % core::mem::align_of::<u64>() != 0 {
+            return Err(Error::Internal);
+        }
+        NonNull::new(p.cast::<u8>()).ok_or(Error::Internal)
+    }
+
+    /// Invalidates the guest's cached translations of `[gpa, gpa + size)`
+    /// (INVEPT, INVLPGA/ASID flush, `tlbi ipas2e1is`, `hfence.gvma`, ...).
+    /// Never called with `size == 0`.
+    #[inline]
+    pub fn flush(&self, gpa: u64, size: u64) {
+        if size == 0 {
+            return;
+        }
+        if let Some(flush) = self.flush_tlb {
+            // SAFETY: valid optional hook per `from_c`.
+            unsafe { flush(self.ctx, gpa, size) }
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Counters behind `axalloc_as_stats`. Relaxed atomics: they are statistics,
+//! exact whenever the address space is quiescent.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// Frame and fault counters of one address space.
+#[derive(Default)]
+pub struct Counters {
+    /// Page-table frames held, root included.
+    pub table_frames: AtomicU64,
+    /// 4 KiB frames backing alloc regions.
+    pub guest_frames: AtomicU64,
+    /// Faults resolved by installing a frame.
+    pub faults: AtomicU64,
+}
+
+/// A snapshot, as the C API reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Regions currently mapped.
+    pub regions: u64,
+    /// Sum of their sizes.
+    pub mapped_bytes: u64,
+    /// 4 KiB frames currently backing alloc regions.
+    pub guest_frames: u64,
+    /// Page-table frames currently held, root included.
+    pub table_frames: u64,
+    /// Faults resolved by allocating a frame.
+    pub faults: u64,
+}
+
+impl Counters {
+    /// Reads the frame and fault counters.
+    pub fn read(&self, regions: u64, mapped_bytes: u64) -> Stats {
+        Stats {
+            regions,
+            mapped_bytes,
+            guest_frames: self.guest_frames.load(Ordering::Relaxed),
+            table_frames: self.table_frames.load(Ordering::Relaxed),
+            faults: self.faults.load(Ordering::Relaxed),
+        }
+    }
+}

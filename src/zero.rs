@@ -1,0 +1,59 @@
+//! Zeroing frames before the guest or the hardware walker can see them.
+//!
+//! Two flavours. `zero_frame` uses ordinary stores: right for a fault, whose
+//! page the guest touches immediately (the lines are then already in cache).
+//! `zero_frame_streaming` uses non-temporal stores on x86-64: right for
+//! populating many pages, where ordinary stores would first read every line
+//! into the cache (write-allocate) only to evict it again. Streaming stores
+//! are weakly ordered, so [`streaming_fence`] must run before any entry that
+//! makes such a frame visible is stored.
+
+use core::ptr::NonNull;
+
+use crate::addr::FRAME_SIZE;
+
+/// Zeroes one 4 KiB frame with ordinary stores.
+///
+/// # Safety
+/// `frame` points to `FRAME_SIZE` writable bytes no one else accesses.
+#[inline]
+pub unsafe fn zero_frame(frame: NonNull<u8>) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { core::ptr::write_bytes(frame.as_ptr(), 0, FRAME_SIZE) }
+}
+
+/// Zeroes one 4 KiB frame, bypassing the cache where the CPU allows it.
+///
+/// # Safety
+/// As [`zero_frame`], and `frame` is 16-byte aligned (frames are 4 KiB aligned
+/// in the host's view; `Hooks::virt` checks 8).
+#[inline]
+pub unsafe fn zero_frame_streaming(frame: NonNull<u8>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{__m128i, _mm_setzero_si128, _mm_stream_si128};
+        let p = frame.as_ptr().cast::<__m128i>();
+        if (p as usize) % 16 == 0 {
+            // SAFETY: SSE2 is part of the x86-64 baseline.
+            let z = unsafe { _mm_setzero_si128() };
+            for i in 0..FRAME_SIZE / 16 {
+                // SAFETY: `p + i` stays inside the frame and is 16-byte
+                // aligned; SSE2 is part of the x86-64 baseline.
+                unsafe { _mm_stream_si128(p.add(i), z) };
+            }
+            return;
+        }
+    }
+    // SAFETY: guaranteed by the caller.
+    unsafe { zero_frame(frame) }
+}
+
+/// Orders earlier streaming stores before later stores (`sfence`).
+#[inline]
+pub fn streaming_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `sfence` has no preconditions; SSE is part of the x86-64 baseline.
+    unsafe {
+        core::arch::x86_64::_mm_sfence()
+    };
+}
