@@ -258,8 +258,9 @@ pub unsafe extern "C" fn axalloc_as_create(
     }
 }
 
-/// Destroys an address space: if any mapping was ever reachable, calls
-/// `flush_tlb` once over the whole window, then gives every frame the library
+/// Destroys an address space: calls `flush_tlb` once over the whole window
+/// (translations cached under this root must not outlive it), then gives
+/// every frame the library
 /// obtained back through `free_frame`, exactly once. `as` may be NULL (no-op).
 /// No hook of this address space is called after it returns.
 ///

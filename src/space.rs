@@ -131,8 +131,8 @@ impl AddrSpace {
         Ok(ptr)
     }
 
-    /// Flushes (if anything was ever reachable) and gives back every frame,
-    /// this object's own last.
+    /// Flushes the whole window once and gives back every frame, this
+    /// object's own last.
     ///
     /// # Safety
     /// `this` came from [`AddrSpace::create`], is not used by any other
@@ -142,11 +142,12 @@ impl AddrSpace {
         let space = unsafe { this.as_ref() };
         let hooks = space.hooks;
         let home = space.home;
+        // Always flush: even with every entry gone, translations cached under
+        // this root's tag (EPTP / ASID) must not outlive it — the root frame
+        // may become another guest's root next.
+        hooks.flush(space.config.base.as_u64(), space.config.size as u64);
         with_format!(space.config.format, F => {
             let w = space.walker::<F>();
-            if w.root_in_use().unwrap_or(true) {
-                hooks.flush(space.config.base.as_u64(), space.config.size as u64);
-            }
             // SAFETY: flushed just above; no other thread uses the space.
             // An error here means a broken table: free what can be reached.
             let _ = unsafe { w.release_all() };

@@ -653,11 +653,6 @@ impl<'a, F: Format> Walker<'a, F> {
         Ok(())
     }
 
-    /// True if anything at all hangs below the root.
-    pub fn root_in_use(&self) -> Result<bool> {
-        Ok(!self.table_is_empty(self.root, Self::TOP)?)
-    }
-
     /// Frees every frame and table, root included.
     ///
     /// # Safety

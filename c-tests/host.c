@@ -1,0 +1,327 @@
+/* The C test host: see host.h. */
+#define _POSIX_C_SOURCE 200809L
+#include "host.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ADDR_MASK 0x000ffffffffff000ull
+
+struct th_pool {
+  pthread_mutex_t lock;
+  unsigned char *mem;
+  size_t frames;
+  uint64_t base;
+  bool zeroed;
+  unsigned char *used;  /* 1 = handed out */
+  long *exposed;        /* flush count when last seen reachable, -1 never */
+  size_t *free_stack;
+  size_t free_top;
+  long budget;          /* < 0: unlimited */
+  size_t allocs, frees, failed, flushes, errors;
+  th_flush_t last_flush;
+  char first_error[256];
+  axalloc_as_t *as;
+  uint32_t format;
+  bool destroyed;
+  bool check_reach;
+};
+
+static void error(th_pool_t *p, const char *fmt, unsigned long long v) {
+  if (p->errors++ == 0)
+    snprintf(p->first_error, sizeof p->first_error, fmt, v);
+  fprintf(stderr, "test host: ");
+  fprintf(stderr, fmt, v);
+  fprintf(stderr, "\n");
+}
+
+th_pool_t *th_pool_new(size_t frames, uint64_t base, bool zeroed) {
+  th_pool_t *p = calloc(1, sizeof *p);
+  if (!p) abort();
+  pthread_mutex_init(&p->lock, NULL);
+  p->mem = aligned_alloc(TH_FRAME, frames * TH_FRAME);
+  p->used = calloc(frames, 1);
+  p->exposed = calloc(frames, sizeof *p->exposed);
+  p->free_stack = calloc(frames, sizeof *p->free_stack);
+  if (!p->mem || !p->used || !p->exposed || !p->free_stack) abort();
+  p->frames = frames;
+  p->base = base;
+  p->zeroed = zeroed;
+  p->budget = -1;
+  p->check_reach = true;
+  memset(p->mem, zeroed ? 0 : 0xA5, frames * TH_FRAME);
+  /* LIFO stack, lowest address on top: reuse shows quickly. */
+  for (size_t i = 0; i < frames; i++) {
+    p->free_stack[i] = frames - 1 - i;
+    p->exposed[i] = -1;
+  }
+  p->free_top = frames;
+  return p;
+}
+
+void th_pool_free(th_pool_t *p) {
+  if (!p) return;
+  free(p->mem);
+  free(p->used);
+  free(p->exposed);
+  free(p->free_stack);
+  pthread_mutex_destroy(&p->lock);
+  free(p);
+}
+
+bool th_owns(const th_pool_t *p, uint64_t hpa) {
+  return hpa >= p->base && hpa - p->base < p->frames * TH_FRAME;
+}
+
+void *th_virt(th_pool_t *p, uint64_t hpa) {
+  if (!th_owns(p, hpa)) return NULL;
+  return p->mem + (hpa - p->base);
+}
+
+static bool present(const th_pool_t *p, uint64_t raw) {
+  return p->format == AXALLOC_FORMAT_X86_EPT ? (raw & 7) != 0 : (raw & 1) != 0;
+}
+
+static uint64_t load(const uint64_t *e) { return __atomic_load_n(e, __ATOMIC_ACQUIRE); }
+
+/* Calls visit(p, hpa, bytes, is_table) for every frame the table reaches. */
+static void walk(th_pool_t *p, uint64_t table, int level,
+                 void (*visit)(th_pool_t *, uint64_t, uint64_t, bool, void *), void *arg) {
+  const uint64_t *t = th_virt(p, table);
+  if (!t) {
+    error(p, "table at %#llx is not a pool frame", (unsigned long long)table);
+    return;
+  }
+  visit(p, table, TH_FRAME, true, arg);
+  for (int i = 0; i < 512; i++) {
+    uint64_t raw = load(&t[i]);
+    if (!present(p, raw)) continue;
+    uint64_t addr = raw & ADDR_MASK;
+    bool leaf = level == 0 || (raw & (1u << 7));
+    if (leaf)
+      visit(p, addr, 1ull << (12 + 9 * level), false, arg);
+    else
+      walk(p, addr, level - 1, visit, arg);
+  }
+}
+
+static void mark(th_pool_t *p, uint64_t hpa, uint64_t bytes, bool is_table, void *arg) {
+  (void)is_table;
+  (void)arg;
+  for (uint64_t off = 0; off < bytes; off += TH_FRAME)
+    if (th_owns(p, hpa + off)) p->exposed[(hpa + off - p->base) / TH_FRAME] = (long)p->flushes;
+}
+
+struct find { uint64_t hpa; bool found; };
+static void find(th_pool_t *p, uint64_t hpa, uint64_t bytes, bool is_table, void *arg) {
+  (void)p;
+  (void)is_table;
+  struct find *f = arg;
+  if (f->hpa >= hpa && f->hpa - hpa < bytes) f->found = true;
+}
+
+static void scan_locked(th_pool_t *p) {
+  if (p->as && !p->destroyed) walk(p, axalloc_as_root(p->as), 3, mark, NULL);
+}
+
+void th_scan(th_pool_t *p) {
+  pthread_mutex_lock(&p->lock);
+  scan_locked(p);
+  pthread_mutex_unlock(&p->lock);
+}
+
+static int32_t hook_alloc(void *ctx, uint64_t *out) {
+  th_pool_t *p = ctx;
+  pthread_mutex_lock(&p->lock);
+  int32_t rc = -1;
+  if (p->destroyed) error(p, "alloc_frame called after destroy (%llu)", 0);
+  if (p->budget == 0) {
+    p->failed++;
+  } else if (p->free_top == 0) {
+    p->failed++;
+  } else {
+    if (p->budget > 0) p->budget--;
+    size_t i = p->free_stack[--p->free_top];
+    p->used[i] = 1;
+    p->exposed[i] = -1;
+    if (!p->zeroed) memset(p->mem + i * TH_FRAME, 0xA5, TH_FRAME);
+    p->allocs++;
+    *out = p->base + i * TH_FRAME;
+    rc = 0;
+  }
+  pthread_mutex_unlock(&p->lock);
+  return rc;
+}
+
+static void hook_free(void *ctx, uint64_t hpa) {
+  th_pool_t *p = ctx;
+  pthread_mutex_lock(&p->lock);
+  p->frees++;
+  if (p->destroyed) error(p, "free_frame called after destroy (%#llx)", (unsigned long long)hpa);
+  if (!th_owns(p, hpa) || hpa % TH_FRAME) {
+    error(p, "free_frame of a frame the pool never handed out: %#llx", (unsigned long long)hpa);
+    goto out;
+  }
+  size_t i = (hpa - p->base) / TH_FRAME;
+  if (!p->used[i]) {
+    error(p, "double free of %#llx", (unsigned long long)hpa);
+    goto out;
+  }
+  if (p->exposed[i] >= 0 && p->exposed[i] == (long)p->flushes)
+    error(p, "frame %#llx freed without a flush since it was last reachable", (unsigned long long)hpa);
+  if (p->check_reach && p->as && !p->destroyed) {
+    struct find f = {hpa, false};
+    walk(p, axalloc_as_root(p->as), 3, find, &f);
+    if (f.found && hpa != axalloc_as_root(p->as))
+      error(p, "frame %#llx freed while the table still reaches it", (unsigned long long)hpa);
+  }
+  p->used[i] = 0;
+  memset(p->mem + i * TH_FRAME, 0xDD, TH_FRAME); /* poison: use-after-free shows */
+  p->free_stack[p->free_top++] = i;
+out:
+  pthread_mutex_unlock(&p->lock);
+}
+
+static void *hook_p2v(void *ctx, uint64_t hpa) {
+  th_pool_t *p = ctx;
+  if (__atomic_load_n(&p->destroyed, __ATOMIC_RELAXED)) {
+    pthread_mutex_lock(&p->lock);
+    error(p, "phys_to_virt called after destroy (%#llx)", (unsigned long long)hpa);
+    pthread_mutex_unlock(&p->lock);
+  }
+  return th_virt(p, hpa);
+}
+
+static void hook_flush(void *ctx, uint64_t gpa, uint64_t size) {
+  th_pool_t *p = ctx;
+  pthread_mutex_lock(&p->lock);
+  if (p->destroyed) error(p, "flush_tlb called after destroy (%#llx)", (unsigned long long)gpa);
+  if (size == 0) error(p, "flush_tlb called with size 0 at %#llx", (unsigned long long)gpa);
+  /* Whatever is reachable up to this flush was exposed before it; frames
+   * still reachable after it are caught by the reachability check at free. */
+  scan_locked(p);
+  p->flushes++;
+  p->last_flush = (th_flush_t){gpa, size};
+  pthread_mutex_unlock(&p->lock);
+}
+
+axalloc_hooks_t th_hooks(th_pool_t *p) {
+  axalloc_hooks_t h = {0};
+  h.ctx = p;
+  h.alloc_frame = hook_alloc;
+  h.free_frame = hook_free;
+  h.phys_to_virt = hook_p2v;
+  h.flush_tlb = hook_flush;
+  return h;
+}
+
+void th_attach(th_pool_t *p, axalloc_as_t *as, uint32_t format) {
+  pthread_mutex_lock(&p->lock);
+  p->as = as;
+  p->format = format;
+  p->destroyed = false;
+  scan_locked(p);
+  pthread_mutex_unlock(&p->lock);
+}
+
+void th_mark_destroyed(th_pool_t *p) {
+  pthread_mutex_lock(&p->lock);
+  p->destroyed = true;
+  p->as = NULL;
+  pthread_mutex_unlock(&p->lock);
+}
+
+void th_fail_after(th_pool_t *p, long n) {
+  pthread_mutex_lock(&p->lock);
+  p->budget = n;
+  pthread_mutex_unlock(&p->lock);
+}
+void th_fail_never(th_pool_t *p) { th_fail_after(p, -1); }
+
+void th_check_reachability(th_pool_t *p, bool on) { p->check_reach = on; }
+
+size_t th_in_use(const th_pool_t *p) { return p->frames - p->free_top; }
+size_t th_allocs(const th_pool_t *p) { return p->allocs; }
+size_t th_frees(const th_pool_t *p) { return p->frees; }
+size_t th_failed_allocs(const th_pool_t *p) { return p->failed; }
+size_t th_flushes(const th_pool_t *p) { return p->flushes; }
+th_flush_t th_last_flush(const th_pool_t *p) { return p->last_flush; }
+size_t th_errors(const th_pool_t *p) { return p->errors; }
+const char *th_first_error(const th_pool_t *p) { return p->first_error; }
+
+bool th_entry(th_pool_t *p, uint64_t gpa, int level, uint64_t *raw_out) {
+  if (!p->as) return false;
+  uint64_t table = axalloc_as_root(p->as);
+  for (int l = 3; l >= 0; l--) {
+    const uint64_t *t = th_virt(p, table);
+    if (!t) return false;
+    uint64_t raw = load(&t[(gpa >> (12 + 9 * l)) & 511]);
+    if (l == level) {
+      *raw_out = raw;
+      return true;
+    }
+    if (!present(p, raw) || (raw & (1u << 7))) return false;
+    table = raw & ADDR_MASK;
+  }
+  return false;
+}
+
+bool th_set_leaf_bits(th_pool_t *p, uint64_t gpa, uint64_t bits) {
+  if (!p->as) return false;
+  uint64_t table = axalloc_as_root(p->as);
+  for (int l = 3; l >= 0; l--) {
+    uint64_t *t = th_virt(p, table);
+    if (!t) return false;
+    uint64_t *e = &t[(gpa >> (12 + 9 * l)) & 511];
+    uint64_t raw = load(e);
+    if (!present(p, raw)) return false;
+    if (l == 0 || (raw & (1u << 7))) {
+      __atomic_fetch_or(e, bits, __ATOMIC_SEQ_CST);
+      return true;
+    }
+    table = raw & ADDR_MASK;
+  }
+  return false;
+}
+
+th_fx_t th_fx_new(uint32_t format, uint32_t cfg_flags, uint64_t base, uint64_t size, size_t frames) {
+  th_fx_t f = {0};
+  f.format = format;
+  f.pool = th_pool_new(frames, 0x40000000ull, (cfg_flags & AXALLOC_CFG_FRAMES_ZEROED) != 0);
+  axalloc_config_t cfg = {format, cfg_flags, base, size};
+  axalloc_hooks_t h = th_hooks(f.pool);
+  axalloc_status_t st = axalloc_as_create(&cfg, &h, &f.as);
+  if (st != AXALLOC_OK) {
+    fprintf(stderr, "th_fx_new: axalloc_as_create: %s\n", axalloc_status_str(st));
+    abort();
+  }
+  th_attach(f.pool, f.as, format);
+  return f;
+}
+
+int th_fx_done(th_fx_t *f) {
+  int problems = 0;
+  axalloc_as_destroy(f->as);
+  th_mark_destroyed(f->pool);
+  if (th_in_use(f->pool) != 0) {
+    fprintf(stderr, "th_fx_done: %zu frames not given back\n", th_in_use(f->pool));
+    problems++;
+  }
+  if (th_errors(f->pool) != 0) {
+    fprintf(stderr, "th_fx_done: %zu hook-contract errors, first: %s\n", th_errors(f->pool),
+            th_first_error(f->pool));
+    problems++;
+  }
+  th_pool_free(f->pool);
+  f->pool = NULL;
+  f->as = NULL;
+  return problems;
+}
+
+axalloc_stats_t th_stats(const th_fx_t *f) {
+  axalloc_stats_t s;
+  if (axalloc_as_stats(f->as, &s) != AXALLOC_OK) abort();
+  return s;
+}

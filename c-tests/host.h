@@ -1,0 +1,102 @@
+/*
+ * The C test host: a frame pool that implements libaxalloc's hooks and
+ * records everything the library does with them, so that tests can check the
+ * rules of the contract rather than trust the library's own bookkeeping:
+ *
+ *   - every frame is obtained and given back exactly once (no leak, no double
+ *     free, no free of a frame the pool never handed out);
+ *   - no frame is given back while the stage-2 table still reaches it, or
+ *     before a flush_tlb call that followed the last time it was reachable
+ *     (the pool decodes the table itself, independently of the library);
+ *   - flush_tlb is never called with size 0, and its calls are counted;
+ *   - no hook is called after axalloc_as_destroy returned;
+ *   - allocation failure can be injected at any point (a budget of successful
+ *     allocations, then every further one fails).
+ *
+ * Host-physical addresses are pool offsets plus a base (0 by default is
+ * avoided: base 0x40000000 unless the test asks for 0, to catch "address 0
+ * means empty" bugs).
+ */
+#ifndef AXALLOC_TEST_HOST_H
+#define AXALLOC_TEST_HOST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "axalloc.h"
+
+#define TH_FRAME 4096u
+
+typedef struct th_pool th_pool_t;
+
+typedef struct th_flush {
+  uint64_t gpa, size;
+} th_flush_t;
+
+/* Creates a pool of `frames` 4 KiB frames at host-physical `base`. The pool
+ * fills frames with 0xA5 garbage when handing them out (so missing zeroing
+ * shows), unless `zeroed`. */
+th_pool_t *th_pool_new(size_t frames, uint64_t base, bool zeroed);
+/* Frees the pool's memory (not the frames' accounting: check first). */
+void th_pool_free(th_pool_t *p);
+
+/* The hooks over this pool (ctx = p). */
+axalloc_hooks_t th_hooks(th_pool_t *p);
+/* Tells the pool which address space and format its frames serve, so it can
+ * decode the table for reachability checks (call after create). */
+void th_attach(th_pool_t *p, axalloc_as_t *as, uint32_t format);
+/* Marks every frame the table reaches now as "exposed" (the hardware may
+ * cache it until the next flush). Tests call it after operations that add
+ * mappings; th_check_* and the hooks call it where needed. */
+void th_scan(th_pool_t *p);
+/* After axalloc_as_destroy: any later hook call is an error. */
+void th_mark_destroyed(th_pool_t *p);
+
+/* Failure injection: allow `n` more successful allocations, then fail every
+ * further one; th_fail_never() lifts it. */
+void th_fail_after(th_pool_t *p, long n);
+void th_fail_never(th_pool_t *p);
+
+/* Counters. */
+size_t th_in_use(const th_pool_t *p);        /* frames handed out, not back */
+size_t th_allocs(const th_pool_t *p);        /* successful alloc_frame calls */
+size_t th_frees(const th_pool_t *p);         /* free_frame calls */
+size_t th_failed_allocs(const th_pool_t *p); /* injected failures */
+size_t th_flushes(const th_pool_t *p);       /* flush_tlb calls */
+th_flush_t th_last_flush(const th_pool_t *p);
+/* Errors the pool detected (0 = the library kept every rule so far) and the
+ * first message. */
+size_t th_errors(const th_pool_t *p);
+const char *th_first_error(const th_pool_t *p);
+
+/* Direct access for bit-level checks. */
+void *th_virt(th_pool_t *p, uint64_t hpa);
+bool th_owns(const th_pool_t *p, uint64_t hpa);
+/* Reads the raw entry at `level` (3 = root, 0 = 4 KiB) on the walk to gpa;
+ * returns false if the walk stops above that level (non-present entry or leaf). */
+bool th_entry(th_pool_t *p, uint64_t gpa, int level, uint64_t *raw_out);
+/* Sets bits in the raw leaf mapping gpa (as hardware sets accessed/dirty). */
+bool th_set_leaf_bits(th_pool_t *p, uint64_t gpa, uint64_t bits);
+
+/* Enables/disables the (slow) reachability check on every free. On by default. */
+void th_check_reachability(th_pool_t *p, bool on);
+
+#endif
+
+/* A fixture: one pool + one address space attached to it. */
+typedef struct th_fx {
+  th_pool_t *pool;
+  axalloc_as_t *as;
+  uint32_t format;
+} th_fx_t;
+
+/* Creates pool (`frames` frames at base 0x40000000) and address space over
+ * window [base, base + size); aborts the test program if creation fails. */
+th_fx_t th_fx_new(uint32_t format, uint32_t cfg_flags, uint64_t base, uint64_t size, size_t frames);
+/* Destroys the address space, then reports problems: frames still in use,
+ * errors the pool detected. Returns the number of problems (0 = clean) and
+ * frees the pool. */
+int th_fx_done(th_fx_t *f);
+/* Stats shortcut (aborts on error). */
+axalloc_stats_t th_stats(const th_fx_t *f);
