@@ -55,7 +55,11 @@ impl Region {
     /// The part of this region inside `[start, end)`, keeping the backend
     /// consistent (a linear region's `hpa` moves with its start).
     pub fn clipped(&self, start: Gpa, end: Gpa) -> Self {
-        let s = if self.start > start { self.start } else { start };
+        let s = if self.start > start {
+            self.start
+        } else {
+            start
+        };
         let e = if self.end < end { self.end } else { end };
         let backend = match self.backend {
             Backend::Alloc => Backend::Alloc,
@@ -174,12 +178,7 @@ impl RegionSet {
 
     /// Calls `f` with every region overlapping `[start, end)`, in order,
     /// clipped to it. Stops at the first error.
-    pub fn for_each_in(
-        &self,
-        start: Gpa,
-        end: Gpa,
-        mut f: impl FnMut(Region) -> Result,
-    ) -> Result {
+    pub fn for_each_in(&self, start: Gpa, end: Gpa, mut f: impl FnMut(Region) -> Result) -> Result {
         let mut i = self.first_ending_after(start);
         while let Some(r) = self.get(i) {
             if r.start >= end {

@@ -161,6 +161,12 @@ impl AddrSpace {
         }
     }
 
+    /// The walker, for unit tests.
+    #[cfg(test)]
+    pub fn test_walker<F: Format>(&self) -> Walker<'_, F> {
+        self.walker::<F>()
+    }
+
     fn walker<F: Format>(&self) -> Walker<'_, F> {
         Walker::new(
             &self.hooks,
@@ -455,7 +461,9 @@ impl AddrSpace {
         let end = (gpa as usize).checked_add(len).ok_or(Error::Invalid)?;
         // Round out to pages: regions are page-granular.
         let start = gpa as usize & !(FRAME_SIZE - 1);
-        let end = end.checked_next_multiple_of(FRAME_SIZE).ok_or(Error::Invalid)?;
+        let end = end
+            .checked_next_multiple_of(FRAME_SIZE)
+            .ok_or(Error::Invalid)?;
         Ok(Some((Gpa::from_usize(start), Gpa::from_usize(end))))
     }
 

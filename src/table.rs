@@ -522,18 +522,17 @@ impl<'a, F: Format> Walker<'a, F> {
     /// cleared. Edges must have been split first.
     pub fn detach(&self, start: Gpa, end: Gpa) -> Result<Detached> {
         let mut d = Detached::default();
-        self.detach_in(self.root, Self::TOP, start.as_usize(), end.as_usize(), &mut d)?;
+        self.detach_in(
+            self.root,
+            Self::TOP,
+            start.as_usize(),
+            end.as_usize(),
+            &mut d,
+        )?;
         Ok(d)
     }
 
-    fn detach_in(
-        &self,
-        table: Hpa,
-        level: usize,
-        s: usize,
-        e: usize,
-        d: &mut Detached,
-    ) -> Result {
+    fn detach_in(&self, table: Hpa, level: usize, s: usize, e: usize, d: &mut Detached) -> Result {
         for_slots(level, s, e, |idx, a, b| {
             let slot = self.slot(table, level, idx)?;
             let raw = slot.load(Ordering::Acquire);
@@ -646,7 +645,11 @@ impl<'a, F: Format> Walker<'a, F> {
                 continue;
             }
             slot.store(0, Ordering::Relaxed);
-            let raw = if F::is_parked(raw) { F::unpark(raw) } else { raw };
+            let raw = if F::is_parked(raw) {
+                F::unpark(raw)
+            } else {
+                raw
+            };
             // SAFETY: forwarded contract.
             unsafe { self.release_entry(raw, level)? };
         }
@@ -689,4 +692,3 @@ impl<'a, F: Format> Walker<'a, F> {
         }
     }
 }
-

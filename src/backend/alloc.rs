@@ -47,7 +47,12 @@ pub struct Populate<'a, const FILL_HOLES: bool> {
 
 impl<'a, const FILL_HOLES: bool> Populate<'a, FILL_HOLES> {
     /// A source of zeroed frames mapped with `flags`.
-    pub fn new(hooks: &'a Hooks, counters: &'a Counters, flags: MappingFlags, zeroed: bool) -> Self {
+    pub fn new(
+        hooks: &'a Hooks,
+        counters: &'a Counters,
+        flags: MappingFlags,
+        zeroed: bool,
+    ) -> Self {
         Self {
             hooks,
             counters,

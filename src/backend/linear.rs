@@ -42,6 +42,11 @@ impl<F: Format> LeafSource<F> for Linear {
     }
 
     fn leaf(&mut self, gpa: Gpa, level: usize) -> Result<u64> {
-        Ok(format::leaf::<F>(self.hpa_of(gpa), self.flags, level, false))
+        Ok(format::leaf::<F>(
+            self.hpa_of(gpa),
+            self.flags,
+            level,
+            false,
+        ))
     }
 }

@@ -1,0 +1,152 @@
+/*
+ * frame_pool.c - see frame_pool.h.
+ */
+#define _GNU_SOURCE
+#include "frame_pool.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#include "layout.h"
+
+uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+int pool_init(struct frame_pool *p, uint8_t *slot_host, uint64_t slot_size,
+              uint64_t base, uint64_t nframes)
+{
+    memset(p, 0, sizeof(*p));
+    if (base % PAGE_SIZE || base + nframes * PAGE_SIZE > slot_size)
+        return -1;
+    p->slot_host = slot_host;
+    p->slot_size = slot_size;
+    p->base = base;
+    p->nframes = nframes;
+    p->in_pool = malloc(nframes);
+    p->ring = malloc(nframes * sizeof(*p->ring));
+    if (!p->in_pool || !p->ring) {
+        pool_fini(p);
+        return -1;
+    }
+    for (uint64_t i = 0; i < nframes; i++) {
+        p->in_pool[i] = 1;
+        p->ring[i] = i;
+    }
+    p->count = nframes;
+    p->watch_hpa = UINT64_MAX;
+    return 0;
+}
+
+void pool_fini(struct frame_pool *p)
+{
+    free(p->in_pool);
+    free(p->ring);
+    p->in_pool = NULL;
+    p->ring = NULL;
+}
+
+static int32_t hook_alloc_frame(void *ctx, uint64_t *hpa_out)
+{
+    struct frame_pool *p = ctx;
+    if (p->count == 0) {
+        p->alloc_failures++;
+        return -1;
+    }
+    uint64_t i = p->ring[p->head];
+    p->head = (p->head + 1) % p->nframes;
+    p->count--;
+    p->in_pool[i] = 0;
+    p->allocs++;
+    if (++p->in_use > p->peak)
+        p->peak = p->in_use;
+    /* Contents are left as they are: the library zeroes what it hands out
+     * (the address space is created without AXALLOC_CFG_FRAMES_ZEROED). */
+    *hpa_out = p->base + i * PAGE_SIZE;
+    return 0;
+}
+
+static void hook_free_frame(void *ctx, uint64_t hpa)
+{
+    struct frame_pool *p = ctx;
+    if (hpa < p->base || hpa % PAGE_SIZE || (hpa - p->base) / PAGE_SIZE >= p->nframes) {
+        p->foreign_frees++;
+        fprintf(stderr, "axalloc-demo: free_frame(0x%llx): not a pool frame\n",
+                (unsigned long long)hpa);
+        return;
+    }
+    uint64_t i = (hpa - p->base) / PAGE_SIZE;
+    if (p->in_pool[i]) {
+        p->double_frees++;
+        fprintf(stderr, "axalloc-demo: free_frame(0x%llx): double free\n",
+                (unsigned long long)hpa);
+        return;
+    }
+    p->in_pool[i] = 1;
+    p->ring[(p->head + p->count) % p->nframes] = i;   /* FIFO: to the tail */
+    p->count++;
+    p->in_use--;
+    p->frees++;
+    if (hpa == p->watch_hpa) {
+        p->watch_freed = true;
+        p->watch_flushes_at_free = p->flushes;
+    }
+}
+
+static void *hook_phys_to_virt(void *ctx, uint64_t hpa)
+{
+    struct frame_pool *p = ctx;
+    if (hpa >= p->slot_size) {
+        p->bad_phys_to_virt++;
+        return NULL;
+    }
+    return p->slot_host + hpa;
+}
+
+/*
+ * This KVM (software "PVM", shadow paging) keeps its own copies of the guest
+ * page table's translations and does not notice that the host edited a
+ * present entry. An mprotect read-only -> read-write round trip over the
+ * memslot makes the kernel's MMU notifier tell KVM to drop every translation
+ * that points into the slot; the next guest access walks libaxalloc's table
+ * again. It is the whole slot (the analogue of a single-context INVEPT), as
+ * the hook only gets guest ranges, not the frames that were behind them.
+ */
+static void hook_flush_tlb(void *ctx, uint64_t gpa, uint64_t size)
+{
+    struct frame_pool *p = ctx;
+    uint64_t t0 = now_ns();
+    if (mprotect(p->slot_host, p->slot_size, PROT_READ) != 0 ||
+        mprotect(p->slot_host, p->slot_size, PROT_READ | PROT_WRITE) != 0) {
+        p->flush_errors++;
+        perror("axalloc-demo: flush_tlb: mprotect");
+    }
+    p->flush_ns += now_ns() - t0;
+    p->flushes++;
+    p->last_flush_gpa = gpa;
+    p->last_flush_size = size;
+}
+
+axalloc_hooks_t pool_hooks(struct frame_pool *p, bool with_flush)
+{
+    axalloc_hooks_t h;
+    memset(&h, 0, sizeof(h));
+    h.ctx = p;
+    h.alloc_frame = hook_alloc_frame;
+    h.free_frame = hook_free_frame;
+    h.phys_to_virt = hook_phys_to_virt;
+    h.flush_tlb = with_flush ? hook_flush_tlb : NULL;
+    return h;
+}
+
+bool pool_all_back(const struct frame_pool *p)
+{
+    return p->in_use == 0 && p->count == p->nframes && p->allocs == p->frees &&
+           p->double_frees == 0 && p->foreign_frees == 0;
+}

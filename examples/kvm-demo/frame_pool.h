@@ -1,0 +1,56 @@
+/*
+ * frame_pool.h - the libaxalloc hooks of the demo: a pool of 4 KiB frames
+ * inside the KVM memslot, with bookkeeping that catches leaks, double frees,
+ * foreign frees and frees that come before the TLB flush.
+ *
+ * "host-physical" for libaxalloc = guest-physical address in memslot 0, so
+ * phys_to_virt(a) = slot_host + a.
+ *
+ * The demo's VMM is single-threaded (one vCPU, hooks run on the VMM thread
+ * while the vCPU is stopped in an exit), so the pool takes no lock.
+ */
+#ifndef AXDEMO_FRAME_POOL_H
+#define AXDEMO_FRAME_POOL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "axalloc.h"
+
+struct frame_pool {
+    uint8_t *slot_host;     /* host mapping of memslot 0 */
+    uint64_t slot_size;     /* bytes */
+    uint64_t base;          /* GPA of the first pool frame */
+    uint64_t nframes;
+
+    uint8_t *in_pool;       /* per frame: 1 = free (in the pool), 0 = handed out */
+    uint64_t *ring;         /* FIFO of free frame indices (so a freed frame is not reused at once) */
+    uint64_t head, count;
+
+    /* counters */
+    uint64_t in_use, peak, allocs, frees, alloc_failures;
+    uint64_t double_frees, foreign_frees, bad_phys_to_virt;
+    uint64_t flushes, flush_ns, flush_errors;
+    uint64_t last_flush_gpa, last_flush_size;
+
+    /* One watched frame: the flush count when it came back (free before flush?). */
+    uint64_t watch_hpa;
+    bool watch_freed;
+    uint64_t watch_flushes_at_free;
+};
+
+/* Pool over GPA [base, base + nframes * 4 KiB) of the memslot mapped at slot_host. 0 = ok. */
+int pool_init(struct frame_pool *p, uint8_t *slot_host, uint64_t slot_size,
+              uint64_t base, uint64_t nframes);
+void pool_fini(struct frame_pool *p);
+
+/* The hooks for axalloc_as_create; flush_tlb is NULL when with_flush is false. */
+axalloc_hooks_t pool_hooks(struct frame_pool *p, bool with_flush);
+
+/* Leak / misuse check after axalloc_as_destroy: true when every frame is back
+ * exactly once and nothing foreign or doubly freed was seen. */
+bool pool_all_back(const struct frame_pool *p);
+
+uint64_t now_ns(void);
+
+#endif

@@ -1,0 +1,163 @@
+//! A frame pool for the unit tests: hooks over heap memory that count frames,
+//! refuse double and foreign frees, and can fail on demand.
+
+use std::ffi::c_void;
+use std::ptr::NonNull;
+use std::sync::Mutex;
+
+use crate::addr::Gpa;
+use crate::capi::axalloc_hooks;
+use crate::format::FormatKind;
+use crate::hooks::Hooks;
+use crate::space::{AddrSpace, Config};
+
+const BASE: u64 = 0x4000_0000;
+const FRAME: usize = 4096;
+
+#[repr(C, align(4096))]
+struct Frame([u8; FRAME]);
+
+struct State {
+    used: Vec<bool>,
+    free: Vec<usize>,
+    budget: Option<usize>,
+    flushes: usize,
+}
+
+pub struct Pool {
+    mem: Box<[Frame]>,
+    state: Mutex<State>,
+    hooks: Hooks,
+}
+
+unsafe extern "C" fn alloc(ctx: *mut c_void, out: *mut u64) -> i32 {
+    // SAFETY: ctx is the pool, alive for the test.
+    let pool = unsafe { &*(ctx as *const Pool) };
+    let mut st = pool.state.lock().unwrap();
+    if st.budget == Some(0) {
+        return -1;
+    }
+    let Some(i) = st.free.pop() else { return -1 };
+    if let Some(b) = st.budget.as_mut() {
+        *b -= 1;
+    }
+    st.used[i] = true;
+    // SAFETY: `out` is the library's local.
+    unsafe { *out = BASE + (i * FRAME) as u64 };
+    0
+}
+
+unsafe extern "C" fn free(ctx: *mut c_void, hpa: u64) {
+    // SAFETY: as above.
+    let pool = unsafe { &*(ctx as *const Pool) };
+    let mut st = pool.state.lock().unwrap();
+    let i = ((hpa - BASE) as usize) / FRAME;
+    assert!(st.used[i], "double or foreign free of {hpa:#x}");
+    st.used[i] = false;
+    st.free.push(i);
+}
+
+unsafe extern "C" fn p2v(ctx: *mut c_void, hpa: u64) -> *mut c_void {
+    // SAFETY: as above.
+    let pool = unsafe { &*(ctx as *const Pool) };
+    let off = hpa.wrapping_sub(BASE) as usize;
+    if off >= pool.mem.len() * FRAME {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: inside the pool's memory.
+    unsafe { (pool.mem.as_ptr() as *mut u8).add(off).cast() }
+}
+
+unsafe extern "C" fn flush(ctx: *mut c_void, _gpa: u64, size: u64) {
+    // SAFETY: as above.
+    let pool = unsafe { &*(ctx as *const Pool) };
+    assert!(size > 0);
+    pool.state.lock().unwrap().flushes += 1;
+}
+
+impl Pool {
+    pub fn new(frames: usize) -> Box<Pool> {
+        let mut mem = Vec::with_capacity(frames);
+        mem.resize_with(frames, || Frame([0xa5; FRAME]));
+        let mut pool = Box::new(Pool {
+            mem: mem.into_boxed_slice(),
+            state: Mutex::new(State {
+                used: vec![false; frames],
+                free: (0..frames).rev().collect(),
+                budget: None,
+                flushes: 0,
+            }),
+            // Replaced below once the pool has its final address.
+            hooks: dummy_hooks(),
+        });
+        let ctx = &*pool as *const Pool as *mut c_void;
+        let c = axalloc_hooks {
+            ctx,
+            alloc_frame: Some(alloc),
+            free_frame: Some(free),
+            phys_to_virt: Some(p2v),
+            flush_tlb: Some(flush),
+            alloc_contig: None,
+            free_contig: None,
+        };
+        // SAFETY: the hooks above honour the contract for the pool's life.
+        pool.hooks = unsafe { Hooks::from_c(&c) }.unwrap();
+        pool
+    }
+
+    pub fn hooks(&self) -> &Hooks {
+        &self.hooks
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .used
+            .iter()
+            .filter(|u| **u)
+            .count()
+    }
+
+    pub fn flushes(&self) -> usize {
+        self.state.lock().unwrap().flushes
+    }
+
+    pub fn fail_after(&self, n: usize) {
+        self.state.lock().unwrap().budget = Some(n);
+    }
+
+    pub fn fail_never(&self) {
+        self.state.lock().unwrap().budget = None;
+    }
+
+    pub fn space(&self, format: FormatKind, size: u64) -> NonNull<AddrSpace> {
+        let config = Config {
+            format,
+            frames_zeroed: false,
+            no_huge_1g: false,
+            base: Gpa::from_u64(0),
+            size: size as usize,
+        };
+        AddrSpace::create(config, self.hooks).unwrap()
+    }
+
+    pub fn destroy(&self, space: NonNull<AddrSpace>) {
+        // SAFETY: created by `space`, not used afterwards.
+        unsafe { AddrSpace::destroy(space) }
+    }
+}
+
+fn dummy_hooks() -> Hooks {
+    let c = axalloc_hooks {
+        ctx: std::ptr::null_mut(),
+        alloc_frame: Some(alloc),
+        free_frame: Some(free),
+        phys_to_virt: Some(p2v),
+        flush_tlb: None,
+        alloc_contig: None,
+        free_contig: None,
+    };
+    // SAFETY: never called: replaced before use.
+    unsafe { Hooks::from_c(&c) }.unwrap()
+}
