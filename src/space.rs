@@ -161,6 +161,13 @@ impl AddrSpace {
         }
     }
 
+    /// Takes the lock exclusively without being starved by a stream of
+    /// faults: the upgradeable guard stops new readers from entering, then
+    /// the upgrade waits for those inside to leave.
+    fn lock_exclusive(&self) -> spin::RwLockWriteGuard<'_, RegionSet> {
+        self.regions.upgradeable_read().upgrade()
+    }
+
     /// The walker, for unit tests.
     #[cfg(test)]
     pub fn test_walker<F: Format>(&self) -> Walker<'_, F> {
@@ -202,7 +209,7 @@ impl AddrSpace {
         if !r.flags.contains(Flags::READ) {
             return Err(Error::Invalid);
         }
-        let mut regions = self.regions.write();
+        let mut regions = self.lock_exclusive();
         if regions.overlaps(r.start, r.end) {
             return Err(Error::Exists);
         }
@@ -266,7 +273,7 @@ impl AddrSpace {
     /// then gives back the frames and emptied tables.
     pub fn unmap(&self, gpa: u64, size: u64) -> Result {
         let (start, end) = self.config.range(gpa, size)?;
-        let mut regions = self.regions.write();
+        let mut regions = self.lock_exclusive();
         if !regions.overlaps(start, end) {
             return Ok(());
         }
@@ -445,7 +452,7 @@ impl AddrSpace {
             }
         }
         // Slow path: populate the holes, exclusively, then copy.
-        let regions = self.regions.write();
+        let regions = self.lock_exclusive();
         with_format!(self.config.format, F => {
             self.check_copy_range::<F>(&regions, start, end, false)?;
             self.fill_holes::<F>(&regions, start, end)
