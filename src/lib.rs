@@ -21,6 +21,7 @@
 //! | `flags.rs`      | region flags and fault access kinds                      |
 //! | `zero.rs`       | zeroing frames (cached and streaming)                    |
 //! | `stats.rs`      | counters                                                 |
+//! | `sync.rs`       | the reader-writer lock (writer-preferring, panic-free)   |
 //! | `addr.rs`       | typed guest- and host-physical addresses                 |
 
 #![cfg_attr(not(test), no_std)]
@@ -38,6 +39,7 @@ pub mod hooks;
 pub mod region;
 pub mod space;
 pub mod stats;
+pub mod sync;
 pub mod table;
 pub mod zero;
 

@@ -13,8 +13,6 @@
 
 use core::ptr::NonNull;
 
-use spin::RwLock;
-
 use crate::addr::{FRAME_SIZE, Gpa, Hpa};
 use crate::backend::alloc::{self, Populate};
 use crate::backend::linear::Linear;
@@ -24,6 +22,7 @@ use crate::format::{self, Entry, Format, FormatKind, level_size, with_format};
 use crate::hooks::Hooks;
 use crate::region::{Backend, Region, RegionSet};
 use crate::stats::{Counters, Stats};
+use crate::sync::{RwLock, WriteGuard};
 use crate::table::{SplitPool, Walker};
 
 /// Highest host-physical address + 1 a linear mapping may reach.
@@ -161,11 +160,9 @@ impl AddrSpace {
         }
     }
 
-    /// Takes the lock exclusively without being starved by a stream of
-    /// faults: the upgradeable guard stops new readers from entering, then
-    /// the upgrade waits for those inside to leave.
-    fn lock_exclusive(&self) -> spin::RwLockWriteGuard<'_, RegionSet> {
-        self.regions.upgradeable_read().upgrade()
+    /// Takes the lock exclusively (a stream of faults cannot starve it).
+    fn lock_exclusive(&self) -> WriteGuard<'_, RegionSet> {
+        self.regions.write()
     }
 
     /// The walker, for unit tests.

@@ -109,25 +109,57 @@ static void *hook_phys_to_virt(void *ctx, uint64_t hpa)
     return p->slot_host + hpa;
 }
 
+/* Makes KVM drop every translation it holds that points into [off, off+len)
+ * of the memslot: an mprotect read-only -> read-write round trip. The kernel's
+ * MMU notifier tells KVM about the protection change and KVM zaps its shadow
+ * entries for those pages; the contents of the pages do not change. */
+static int drop_kvm_translations(struct frame_pool *p, uint64_t off, uint64_t len)
+{
+    if (mprotect(p->slot_host + off, len, PROT_READ) != 0 ||
+        mprotect(p->slot_host + off, len, PROT_READ | PROT_WRITE) != 0) {
+        perror("axalloc-demo: flush_tlb: mprotect");
+        return -1;
+    }
+    return 0;
+}
+
+void pool_flush_hint(struct frame_pool *p, uint64_t gpa, uint64_t size,
+                     const uint64_t *hpa, uint32_t n)
+{
+    p->hint_valid = n <= POOL_HINT_MAX;
+    p->hint_gpa = gpa;
+    p->hint_size = size;
+    p->hint_n = n;
+    for (uint32_t i = 0; p->hint_valid && i < n; i++)
+        p->hint_hpa[i] = hpa[i] & ~(uint64_t)(PAGE_SIZE - 1);
+}
+
 /*
- * This KVM (software "PVM", shadow paging) keeps its own copies of the guest
- * page table's translations and does not notice that the host edited a
- * present entry. An mprotect read-only -> read-write round trip over the
- * memslot makes the kernel's MMU notifier tell KVM to drop every translation
- * that points into the slot; the next guest access walks libaxalloc's table
- * again. It is the whole slot (the analogue of a single-context INVEPT), as
- * the hook only gets guest ranges, not the frames that were behind them.
+ * The flush_tlb hook. This KVM (software "PVM", shadow paging) keeps its own
+ * copies of the guest page table's translations and does not notice that the
+ * host edited a present entry (not even after INVLPG in the guest), so this
+ * plays the part INVEPT / an ASID flush plays on hardware: with a hint (see
+ * pool_flush_hint) it drops the translations to the listed pages, otherwise
+ * those to the whole memslot (the analogue of a single-context INVEPT).
  */
 static void hook_flush_tlb(void *ctx, uint64_t gpa, uint64_t size)
 {
     struct frame_pool *p = ctx;
     uint64_t t0 = now_ns();
-    if (mprotect(p->slot_host, p->slot_size, PROT_READ) != 0 ||
-        mprotect(p->slot_host, p->slot_size, PROT_READ | PROT_WRITE) != 0) {
-        p->flush_errors++;
-        perror("axalloc-demo: flush_tlb: mprotect");
+    int rc = 0;
+    if (p->hint_valid && gpa >= p->hint_gpa && gpa + size <= p->hint_gpa + p->hint_size) {
+        for (uint32_t i = 0; i < p->hint_n; i++)
+            rc |= drop_kvm_translations(p, p->hint_hpa[i], PAGE_SIZE);
+        p->precise_flushes++;
+    } else {
+        rc = drop_kvm_translations(p, 0, p->slot_size);
+        p->slot_flushes++;
     }
-    p->flush_ns += now_ns() - t0;
+    p->hint_valid = false;
+    if (rc)
+        p->flush_errors++;
+    p->last_flush_ns = now_ns() - t0;
+    p->flush_ns += p->last_flush_ns;
     p->flushes++;
     p->last_flush_gpa = gpa;
     p->last_flush_size = size;

@@ -17,6 +17,8 @@
 
 #include "axalloc.h"
 
+#define POOL_HINT_MAX 64
+
 struct frame_pool {
     uint8_t *slot_host;     /* host mapping of memslot 0 */
     uint64_t slot_size;     /* bytes */
@@ -31,7 +33,14 @@ struct frame_pool {
     uint64_t in_use, peak, allocs, frees, alloc_failures;
     uint64_t double_frees, foreign_frees, bad_phys_to_virt;
     uint64_t flushes, flush_ns, flush_errors;
+    uint64_t precise_flushes, slot_flushes, last_flush_ns;
     uint64_t last_flush_gpa, last_flush_size;
+
+    /* Optional hint for the next flush_tlb (see pool_flush_hint). */
+    bool hint_valid;
+    uint64_t hint_gpa, hint_size;
+    uint32_t hint_n;
+    uint64_t hint_hpa[POOL_HINT_MAX];
 
     /* One watched frame: the flush count when it came back (free before flush?). */
     uint64_t watch_hpa;
@@ -46,6 +55,19 @@ void pool_fini(struct frame_pool *p);
 
 /* The hooks for axalloc_as_create; flush_tlb is NULL when with_flush is false. */
 axalloc_hooks_t pool_hooks(struct frame_pool *p, bool with_flush);
+
+/*
+ * Precision for the next flush_tlb. The hook only receives the guest range;
+ * what this KVM needs to hear about are the memslot pages the removed entries
+ * pointed to. A VMM that calls axalloc_unmap itself, with no vCPU running and
+ * no other thread changing the mappings, can list them first (axalloc_translate
+ * of each present page of the range, at most POOL_HINT_MAX). If the next
+ * flush_tlb range lies inside [gpa, gpa + size) the hook drops exactly those
+ * pages (~10 us); otherwise (destroy, a range with more pages) it falls back
+ * to the whole memslot.
+ */
+void pool_flush_hint(struct frame_pool *p, uint64_t gpa, uint64_t size,
+                     const uint64_t *hpa, uint32_t n);
 
 /* Leak / misuse check after axalloc_as_destroy: true when every frame is back
  * exactly once and nothing foreign or doubly freed was seen. */

@@ -1,0 +1,178 @@
+/*
+ * Shared helpers of the semantics tests (test_create/map/unmap/fault/copy/api).
+ * Header-only (static inline) so each test executable stays one source file.
+ */
+#ifndef AXALLOC_SEM_H
+#define AXALLOC_SEM_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "axalloc.h"
+#include "check.h"
+#include "host.h"
+
+#define PAGE 4096ull
+#define KIB (1ull << 10)
+#define MIB (1ull << 20)
+#define GIB (1ull << 30)
+#define GPA_LIMIT (1ull << 48)
+#define HPA_LIMIT (1ull << 52)
+
+/* Every test runs for both formats. */
+#define FOR_EACH_FORMAT(fmt) for (uint32_t fmt = AXALLOC_FORMAT_X86_EPT; fmt <= AXALLOC_FORMAT_X86_NPT; fmt++)
+
+static inline const char *fmt_name(uint32_t fmt) {
+  return fmt == AXALLOC_FORMAT_X86_EPT ? "EPT" : "NPT";
+}
+
+/* Accessed + dirty bits of a leaf, as hardware sets them. EPT: bits 8, 9
+ * (SDM 29.3.5); NPT: bits 5, 6 (x86-64 A and D). */
+static inline uint64_t ad_bits(uint32_t fmt) {
+  return fmt == AXALLOC_FORMAT_X86_EPT ? (3ull << 8) : (3ull << 5);
+}
+
+/* Everything observable about an address space and its pool that "nothing
+ * changed" must keep equal. */
+typedef struct snap {
+  axalloc_stats_t s;
+  size_t in_use;
+  size_t flushes;
+} snap_t;
+
+static inline snap_t snap_of(const th_fx_t *f) {
+  snap_t n;
+  memset(&n, 0, sizeof n);
+  CHECK_STATUS(axalloc_as_stats(f->as, &n.s), AXALLOC_OK);
+  n.in_use = th_in_use(f->pool);
+  n.flushes = th_flushes(f->pool);
+  return n;
+}
+
+/* Reports (with the caller's line and an iteration number) every counter
+ * that differs. */
+#define CHECK_SNAP_EQ(a, b, iter) check_snap_eq_((a), (b), (long)(iter), __FILE__, __LINE__)
+static inline void check_snap_eq_(snap_t a, snap_t b, long iter, const char *file, int line) {
+#define SNAP_FIELD(expr, name)                                                                  \
+  if ((a).expr != (b).expr) {                                                                 \
+    fprintf(stderr, "%s:%d: [n=%ld] %s changed: %llu -> %llu\n", file, line, iter, name,       \
+            (unsigned long long)(a).expr, (unsigned long long)(b).expr);                       \
+    check_failures++;                                                                         \
+  }
+  SNAP_FIELD(s.regions, "stats.regions")
+  SNAP_FIELD(s.mapped_bytes, "stats.mapped_bytes")
+  SNAP_FIELD(s.guest_frames, "stats.guest_frames")
+  SNAP_FIELD(s.table_frames, "stats.table_frames")
+  SNAP_FIELD(s.faults, "stats.faults")
+  SNAP_FIELD(in_use, "pool frames in use")
+  SNAP_FIELD(flushes, "flush_tlb calls")
+#undef SNAP_FIELD
+}
+
+/* True if the 4 KiB host frame at hpa (a pool frame) reads as all zero. */
+static inline bool frame_is_zero(th_pool_t *p, uint64_t hpa) {
+  const unsigned char *m = th_virt(p, hpa & ~(PAGE - 1));
+  if (!m) return false;
+  for (size_t i = 0; i < PAGE; i++)
+    if (m[i]) return false;
+  return true;
+}
+
+/* translate that returns the HPA (or ~0 on error) and the page size. */
+static inline uint64_t xlate(const th_fx_t *f, uint64_t gpa, uint64_t *ps) {
+  uint64_t hpa = ~0ull, size = 0;
+  if (axalloc_translate(f->as, gpa, &hpa, &size) != AXALLOC_OK) {
+    hpa = ~0ull;
+    size = 0;
+  }
+  if (ps) *ps = size;
+  return hpa;
+}
+
+/* Every page of [gpa, gpa + size) is / is not present. */
+#define CHECK_ALL_MAPPED(f, gpa, size) check_range_((f), (gpa), (size), true, __FILE__, __LINE__)
+#define CHECK_NONE_MAPPED(f, gpa, size) check_range_((f), (gpa), (size), false, __FILE__, __LINE__)
+static inline void check_range_(const th_fx_t *f, uint64_t gpa, uint64_t size, bool want, const char *file,
+                                int line) {
+  for (uint64_t a = gpa; a < gpa + size; a += PAGE) {
+    axalloc_status_t st = axalloc_translate(f->as, a, NULL, NULL);
+    if ((st == AXALLOC_OK) != want) {
+      fprintf(stderr, "%s:%d: translate(%#llx) = %s, want %s\n", file, line, (unsigned long long)a,
+              axalloc_status_str(st), want ? "AXALLOC_OK" : "AXALLOC_ERR_NOT_MAPPED");
+      check_failures++;
+      return;
+    }
+  }
+}
+
+/*
+ * A fixture whose phys_to_virt also serves a second, separate host memory
+ * range ("device"/shared memory for linear regions) that the pool never hands
+ * out, so read/write through linear regions can be checked byte by byte. The
+ * other hooks forward to the pool's (th_hooks), so all pool checks still hold.
+ */
+typedef struct xhost {
+  axalloc_hooks_t in;
+  unsigned char *mem;
+  uint64_t base;
+  size_t size;
+} xhost_t;
+
+static inline int32_t xh_alloc(void *c, uint64_t *o) {
+  xhost_t *x = c;
+  return x->in.alloc_frame(x->in.ctx, o);
+}
+static inline void xh_free(void *c, uint64_t hpa) {
+  xhost_t *x = c;
+  x->in.free_frame(x->in.ctx, hpa);
+}
+static inline void *xh_p2v(void *c, uint64_t hpa) {
+  xhost_t *x = c;
+  if (hpa >= x->base && hpa - x->base < x->size) return x->mem + (hpa - x->base);
+  return x->in.phys_to_virt(x->in.ctx, hpa);
+}
+static inline void xh_flush(void *c, uint64_t gpa, uint64_t size) {
+  xhost_t *x = c;
+  x->in.flush_tlb(x->in.ctx, gpa, size);
+}
+
+/* Creates pool + address space; the extra memory is [xbase, xbase + xsize),
+ * filled with `fill`. */
+static inline th_fx_t xfx_new(xhost_t *x, uint32_t format, uint32_t cfg_flags, uint64_t base, uint64_t size,
+                              size_t frames, uint64_t xbase, size_t xsize, unsigned char fill) {
+  th_fx_t f;
+  memset(&f, 0, sizeof f);
+  f.format = format;
+  f.pool = th_pool_new(frames, 0x40000000ull, false);
+  x->in = th_hooks(f.pool);
+  x->mem = aligned_alloc(PAGE, xsize);
+  if (!x->mem) abort();
+  memset(x->mem, fill, xsize);
+  x->base = xbase;
+  x->size = xsize;
+  axalloc_hooks_t h;
+  memset(&h, 0, sizeof h);
+  h.ctx = x;
+  h.alloc_frame = xh_alloc;
+  h.free_frame = xh_free;
+  h.phys_to_virt = xh_p2v;
+  h.flush_tlb = xh_flush;
+  axalloc_config_t cfg = {format, cfg_flags, base, size};
+  if (axalloc_as_create(&cfg, &h, &f.as) != AXALLOC_OK) {
+    fprintf(stderr, "xfx_new: create failed\n");
+    abort();
+  }
+  th_attach(f.pool, f.as, format);
+  return f;
+}
+
+static inline int xfx_done(th_fx_t *f, xhost_t *x) {
+  int r = th_fx_done(f);
+  free(x->mem);
+  x->mem = NULL;
+  return r;
+}
+
+#endif

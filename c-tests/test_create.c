@@ -1,0 +1,333 @@
+/* axalloc_as_create / destroy / root / status_str: the "create" bullet. */
+#include <limits.h>
+
+#include "sem.h"
+
+#define SENTINEL ((axalloc_as_t *)(uintptr_t)0x5eed5eedu)
+
+/* Runs create with (cfg, hooks over a fresh pool) and expects `want`; on
+ * error checks *as_out untouched and no frame held. On success destroys and
+ * checks the pool is clean. `tweak` may edit the hooks. */
+static void expect_create(const char *what, axalloc_config_t cfg, void (*tweak)(axalloc_hooks_t *),
+                          axalloc_status_t want) {
+  th_pool_t *p = th_pool_new(64, 0x40000000ull, false);
+  axalloc_hooks_t h = th_hooks(p);
+  if (tweak) tweak(&h);
+  axalloc_as_t *as = SENTINEL;
+  axalloc_status_t st = axalloc_as_create(&cfg, &h, &as);
+  if (st != want) {
+    fprintf(stderr, "%s: create(format=%u flags=%#x base=%#llx size=%#llx) = %s, want %s\n", what, cfg.format,
+            cfg.flags, (unsigned long long)cfg.base, (unsigned long long)cfg.size, axalloc_status_str(st),
+            axalloc_status_str(want));
+    check_failures++;
+  }
+  if (st == AXALLOC_OK) {
+    CHECK(as != SENTINEL && as != NULL);
+    th_attach(p, as, cfg.format);
+    axalloc_as_destroy(as);
+    th_mark_destroyed(p);
+  } else {
+    if (as != SENTINEL) {
+      fprintf(stderr, "%s: *as_out was changed on error\n", what);
+      check_failures++;
+    }
+  }
+  if (th_in_use(p) != 0) {
+    fprintf(stderr, "%s: %zu frames held after create error / destroy\n", what, th_in_use(p));
+    check_failures++;
+  }
+  CHECK_EQ_U64(th_errors(p), 0);
+  th_pool_free(p);
+}
+
+static axalloc_config_t cfg_of(uint32_t format, uint32_t flags, uint64_t base, uint64_t size) {
+  axalloc_config_t c = {format, flags, base, size};
+  return c;
+}
+
+static void create_rejects_unknown_format(void) {
+  uint32_t bad[] = {0, 3, 4, 0x80000001u, 0xffffffffu};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    expect_create("unknown format", cfg_of(bad[i], 0, 0, GIB), NULL, AXALLOC_ERR_INVALID);
+  /* positive control: both known formats work with the same window */
+  FOR_EACH_FORMAT(fmt) expect_create("known format", cfg_of(fmt, 0, 0, GIB), NULL, AXALLOC_OK);
+}
+
+static void create_rejects_unknown_cfg_bits(void) {
+  uint32_t bad[] = {1u << 2, 1u << 3, 1u << 31, 0xffffffffu, AXALLOC_CFG_FRAMES_ZEROED | (1u << 5)};
+  FOR_EACH_FORMAT(fmt) {
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+      expect_create("unknown cfg bits", cfg_of(fmt, bad[i], 0, GIB), NULL, AXALLOC_ERR_INVALID);
+    expect_create("known cfg bits", cfg_of(fmt, AXALLOC_CFG_FRAMES_ZEROED | AXALLOC_CFG_NO_HUGE_1G, 0, GIB), NULL,
+                  AXALLOC_OK);
+  }
+}
+
+static void create_rejects_unaligned_window(void) {
+  FOR_EACH_FORMAT(fmt) {
+    expect_create("base unaligned", cfg_of(fmt, 0, 0x1001, GIB), NULL, AXALLOC_ERR_INVALID);
+    expect_create("base unaligned 0x800", cfg_of(fmt, 0, 0x800, GIB), NULL, AXALLOC_ERR_INVALID);
+    expect_create("size unaligned", cfg_of(fmt, 0, 0, GIB + 1), NULL, AXALLOC_ERR_INVALID);
+    expect_create("size unaligned small", cfg_of(fmt, 0, 0x1000, 0xfff), NULL, AXALLOC_ERR_INVALID);
+    expect_create("aligned non-zero base", cfg_of(fmt, 0, 0x1000, 0x1000), NULL, AXALLOC_OK);
+  }
+}
+
+static void create_rejects_empty_window(void) {
+  FOR_EACH_FORMAT(fmt) {
+    expect_create("empty window at 0", cfg_of(fmt, 0, 0, 0), NULL, AXALLOC_ERR_INVALID);
+    expect_create("empty window at 1 GiB", cfg_of(fmt, 0, GIB, 0), NULL, AXALLOC_ERR_INVALID);
+    expect_create("one-page window", cfg_of(fmt, 0, GIB, PAGE), NULL, AXALLOC_OK);
+  }
+}
+
+static void create_rejects_overflowing_window(void) {
+  FOR_EACH_FORMAT(fmt) {
+    expect_create("base+size wraps", cfg_of(fmt, 0, 0xfffffffffffff000ull, 0x2000), NULL, AXALLOC_ERR_INVALID);
+    expect_create("base+size == 2^64", cfg_of(fmt, 0, 0xfffffffffffff000ull, 0x1000), NULL, AXALLOC_ERR_INVALID);
+    expect_create("size huge", cfg_of(fmt, 0, 0x1000, 0xfffffffffffff000ull), NULL, AXALLOC_ERR_INVALID);
+  }
+}
+
+static void create_rejects_window_beyond_48_bits(void) {
+  FOR_EACH_FORMAT(fmt) {
+    expect_create("end one page past 2^48", cfg_of(fmt, 0, 0, GPA_LIMIT + PAGE), NULL, AXALLOC_ERR_INVALID);
+    expect_create("base at 2^48", cfg_of(fmt, 0, GPA_LIMIT, PAGE), NULL, AXALLOC_ERR_INVALID);
+    expect_create("straddles 2^48", cfg_of(fmt, 0, GPA_LIMIT - PAGE, 2 * PAGE), NULL, AXALLOC_ERR_INVALID);
+    expect_create("base at 2^52", cfg_of(fmt, 0, HPA_LIMIT, GIB), NULL, AXALLOC_ERR_INVALID);
+    /* the whole 48-bit space and its last page are fine */
+    expect_create("whole 48-bit space", cfg_of(fmt, 0, 0, GPA_LIMIT), NULL, AXALLOC_OK);
+    expect_create("last page below 2^48", cfg_of(fmt, 0, GPA_LIMIT - PAGE, PAGE), NULL, AXALLOC_OK);
+  }
+}
+
+static void create_rejects_null_arguments(void) {
+  FOR_EACH_FORMAT(fmt) {
+    th_pool_t *p = th_pool_new(16, 0x40000000ull, false);
+    axalloc_hooks_t h = th_hooks(p);
+    axalloc_config_t c = cfg_of(fmt, 0, 0, GIB);
+    axalloc_as_t *as = SENTINEL;
+    CHECK_STATUS(axalloc_as_create(NULL, &h, &as), AXALLOC_ERR_INVALID);
+    CHECK(as == SENTINEL);
+    CHECK_STATUS(axalloc_as_create(&c, NULL, &as), AXALLOC_ERR_INVALID);
+    CHECK(as == SENTINEL);
+    CHECK_STATUS(axalloc_as_create(&c, &h, NULL), AXALLOC_ERR_INVALID);
+    CHECK_STATUS(axalloc_as_create(NULL, NULL, NULL), AXALLOC_ERR_INVALID);
+    CHECK_EQ_U64(th_in_use(p), 0);
+    CHECK_EQ_U64(th_errors(p), 0);
+    th_pool_free(p);
+  }
+}
+
+static void no_alloc(axalloc_hooks_t *h) { h->alloc_frame = NULL; }
+static void no_free(axalloc_hooks_t *h) { h->free_frame = NULL; }
+static void no_p2v(axalloc_hooks_t *h) { h->phys_to_virt = NULL; }
+static void no_flush(axalloc_hooks_t *h) { h->flush_tlb = NULL; }
+
+static int32_t fake_alloc_contig(void *ctx, uint32_t order, uint64_t *hpa_out) {
+  (void)ctx;
+  (void)order;
+  (void)hpa_out;
+  return -1;
+}
+static void fake_free_contig(void *ctx, uint64_t hpa, uint32_t order) {
+  (void)ctx;
+  (void)hpa;
+  (void)order;
+}
+static void only_alloc_contig(axalloc_hooks_t *h) { h->alloc_contig = fake_alloc_contig; }
+static void only_free_contig(axalloc_hooks_t *h) { h->free_contig = fake_free_contig; }
+static void both_contig(axalloc_hooks_t *h) {
+  h->alloc_contig = fake_alloc_contig;
+  h->free_contig = fake_free_contig;
+}
+
+static void create_requires_alloc_free_p2v_hooks(void) {
+  FOR_EACH_FORMAT(fmt) {
+    axalloc_config_t c = cfg_of(fmt, 0, 0, GIB);
+    expect_create("alloc_frame NULL", c, no_alloc, AXALLOC_ERR_INVALID);
+    expect_create("free_frame NULL", c, no_free, AXALLOC_ERR_INVALID);
+    expect_create("phys_to_virt NULL", c, no_p2v, AXALLOC_ERR_INVALID);
+    /* flush_tlb is optional */
+    expect_create("flush_tlb NULL", c, no_flush, AXALLOC_OK);
+    expect_create("all hooks", c, NULL, AXALLOC_OK);
+  }
+}
+
+static void create_requires_free_contig_iff_alloc_contig(void) {
+  FOR_EACH_FORMAT(fmt) {
+    axalloc_config_t c = cfg_of(fmt, 0, 0, GIB);
+    expect_create("alloc_contig without free_contig", c, only_alloc_contig, AXALLOC_ERR_INVALID);
+    expect_create("free_contig without alloc_contig", c, only_free_contig, AXALLOC_ERR_INVALID);
+    expect_create("both contig hooks", c, both_contig, AXALLOC_OK);
+  }
+}
+
+/* Failure at every allocation point of create: NO_MEMORY, *as_out untouched,
+ * nothing held; eventually it succeeds. */
+static void create_no_memory_at_every_allocation_point(void) {
+  FOR_EACH_FORMAT(fmt) {
+    uint32_t cfgflags[] = {0, AXALLOC_CFG_FRAMES_ZEROED};
+    for (int z = 0; z < 2; z++) {
+      th_pool_t *p = th_pool_new(64, 0x40000000ull, cfgflags[z] != 0);
+      axalloc_hooks_t h = th_hooks(p);
+      axalloc_config_t c = cfg_of(fmt, cfgflags[z], 0, 4 * GIB);
+      long n;
+      for (n = 0; n < 64; n++) {
+        size_t failed_before = th_failed_allocs(p);
+        th_fail_after(p, n);
+        axalloc_as_t *as = SENTINEL;
+        axalloc_status_t st = axalloc_as_create(&c, &h, &as);
+        th_fail_never(p);
+        if (st == AXALLOC_OK) {
+          CHECK(as != SENTINEL && as != NULL);
+          th_attach(p, as, fmt);
+          CHECK(axalloc_as_root(as) != 0);
+          axalloc_as_destroy(as);
+          th_mark_destroyed(p);
+          break;
+        }
+        if (st != AXALLOC_ERR_NO_MEMORY) {
+          fprintf(stderr, "[n=%ld] create = %s, want AXALLOC_ERR_NO_MEMORY\n", n, axalloc_status_str(st));
+          check_failures++;
+        }
+        CHECK(th_failed_allocs(p) > failed_before); /* the failure was really hit */
+        if (as != SENTINEL) {
+          fprintf(stderr, "[n=%ld] *as_out changed on NO_MEMORY\n", n);
+          check_failures++;
+        }
+        if (th_in_use(p) != 0) {
+          fprintf(stderr, "[n=%ld] %zu frames held after NO_MEMORY\n", n, th_in_use(p));
+          check_failures++;
+        }
+      }
+      CHECK(n < 64);
+      CHECK(n >= 1); /* create takes at least the root table frame */
+      CHECK_EQ_U64(th_in_use(p), 0);
+      CHECK_EQ_U64(th_errors(p), 0);
+      th_pool_free(p);
+    }
+  }
+}
+
+/* The root: non-zero, a frame from the pool, frame aligned, empty, constant
+ * across every operation, and counted in table_frames. */
+static void as_root_nonzero_and_constant(void) {
+  FOR_EACH_FORMAT(fmt) {
+    th_fx_t f = th_fx_new(fmt, 0, 0, 4 * GIB, 2048);
+    uint64_t root = axalloc_as_root(f.as);
+    CHECK(root != 0);
+    CHECK_EQ_U64(root % PAGE, 0);
+    CHECK(th_owns(f.pool, root));
+    CHECK_EQ_U64(th_stats(&f).table_frames, 1);
+    const uint64_t *t = th_virt(f.pool, root);
+    int present = 0;
+    for (int i = 0; t && i < 512; i++) present += t[i] != 0;
+    CHECK_EQ_U64(present, 0); /* a fresh root has no entry */
+    CHECK_STATUS(axalloc_map_alloc(f.as, 0, 4 * MIB, AXALLOC_READ | AXALLOC_WRITE, true), AXALLOC_OK);
+    th_scan(f.pool);
+    CHECK_EQ_U64(axalloc_as_root(f.as), root);
+    CHECK_STATUS(axalloc_map_linear(f.as, GIB, 0x100000000ull, GIB, AXALLOC_READ), AXALLOC_OK);
+    th_scan(f.pool);
+    CHECK_EQ_U64(axalloc_as_root(f.as), root);
+    CHECK_STATUS(axalloc_map_alloc(f.as, 2 * GIB, MIB, AXALLOC_READ, false), AXALLOC_OK);
+    CHECK_STATUS(axalloc_handle_fault(f.as, 2 * GIB, AXALLOC_READ), AXALLOC_OK);
+    th_scan(f.pool);
+    CHECK_EQ_U64(axalloc_as_root(f.as), root);
+    CHECK_STATUS(axalloc_unmap(f.as, 0, 4 * GIB), AXALLOC_OK);
+    CHECK_EQ_U64(axalloc_as_root(f.as), root);
+    CHECK_EQ_U64(th_stats(&f).table_frames, 1);
+    /* another address space on the same pool gets another root */
+    axalloc_config_t c = cfg_of(fmt, 0, 0, GIB);
+    axalloc_hooks_t h = th_hooks(f.pool);
+    axalloc_as_t *as2 = NULL;
+    CHECK_STATUS(axalloc_as_create(&c, &h, &as2), AXALLOC_OK);
+    CHECK(axalloc_as_root(as2) != 0 && axalloc_as_root(as2) != root);
+    axalloc_as_destroy(as2);
+    CHECK(th_fx_done(&f) == 0);
+  }
+}
+
+static void status_str_never_null(void) {
+  static const struct {
+    int32_t v;
+    const char *name;
+  } known[] = {
+      {AXALLOC_OK, "AXALLOC_OK"},
+      {AXALLOC_ERR_INVALID, "AXALLOC_ERR_INVALID"},
+      {AXALLOC_ERR_NO_MEMORY, "AXALLOC_ERR_NO_MEMORY"},
+      {AXALLOC_ERR_EXISTS, "AXALLOC_ERR_EXISTS"},
+      {AXALLOC_ERR_NOT_MAPPED, "AXALLOC_ERR_NOT_MAPPED"},
+      {AXALLOC_ERR_ACCESS, "AXALLOC_ERR_ACCESS"},
+      {AXALLOC_ERR_UNSUPPORTED, "AXALLOC_ERR_UNSUPPORTED"},
+      {AXALLOC_ERR_INTERNAL, "AXALLOC_ERR_INTERNAL"},
+  };
+  for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
+    const char *s = axalloc_status_str(known[i].v);
+    CHECK(s != NULL);
+    if (s && strcmp(s, known[i].name) != 0) {
+      fprintf(stderr, "status_str(%d) = \"%s\", want \"%s\"\n", known[i].v, s, known[i].name);
+      check_failures++;
+    }
+  }
+  int32_t odd[] = {INT32_MIN, INT32_MIN + 1, INT32_MAX, INT32_MAX - 1, -8, 1, 2, 7, 100, -100, -65536};
+  for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
+    const char *s = axalloc_status_str(odd[i]);
+    CHECK(s != NULL);
+    if (s && strcmp(s, "AXALLOC_ERR_UNKNOWN") != 0) {
+      fprintf(stderr, "status_str(%d) = \"%s\", want \"AXALLOC_ERR_UNKNOWN\"\n", odd[i], s);
+      check_failures++;
+    }
+  }
+  for (int64_t v = -4096; v <= 4096; v++) {
+    const char *s = axalloc_status_str((int32_t)v);
+    if (!s || !s[0]) {
+      fprintf(stderr, "status_str(%lld) is NULL or empty\n", (long long)v);
+      check_failures++;
+      break;
+    }
+  }
+}
+
+static void null_as_is_harmless(void) {
+  axalloc_as_destroy(NULL); /* no-op, no crash */
+  CHECK_EQ_U64(axalloc_as_root(NULL), 0);
+  axalloc_stats_t s;
+  memset(&s, 0x77, sizeof s);
+  CHECK_STATUS(axalloc_as_stats(NULL, &s), AXALLOC_ERR_INVALID);
+  CHECK_EQ_U64(s.regions, 0x7777777777777777ull); /* out untouched */
+}
+
+/* Create allocates the root table (and whatever else it needs) only after
+ * validation, and destroy returns all of it. */
+static void create_then_destroy_returns_every_frame(void) {
+  FOR_EACH_FORMAT(fmt) {
+    th_pool_t *p = th_pool_new(16, 0x40000000ull, false);
+    axalloc_hooks_t h = th_hooks(p);
+    axalloc_config_t c = cfg_of(fmt, 0, GIB, GIB);
+    axalloc_as_t *as = NULL;
+    CHECK_STATUS(axalloc_as_create(&c, &h, &as), AXALLOC_OK);
+    CHECK(th_in_use(p) >= 1);
+    th_attach(p, as, fmt);
+    axalloc_stats_t s;
+    CHECK_STATUS(axalloc_as_stats(as, &s), AXALLOC_OK);
+    CHECK_EQ_U64(s.table_frames, 1);
+    CHECK_EQ_U64(s.regions, 0);
+    CHECK_EQ_U64(s.guest_frames, 0);
+    CHECK_EQ_U64(s.mapped_bytes, 0);
+    CHECK_EQ_U64(s.faults, 0);
+    axalloc_as_destroy(as);
+    th_mark_destroyed(p);
+    CHECK_EQ_U64(th_in_use(p), 0);
+    CHECK_EQ_U64(th_frees(p), th_allocs(p));
+    CHECK_EQ_U64(th_errors(p), 0);
+    th_pool_free(p);
+  }
+}
+
+TEST_MAIN(T(create_rejects_unknown_format), T(create_rejects_unknown_cfg_bits), T(create_rejects_unaligned_window),
+          T(create_rejects_empty_window), T(create_rejects_overflowing_window),
+          T(create_rejects_window_beyond_48_bits), T(create_rejects_null_arguments),
+          T(create_requires_alloc_free_p2v_hooks), T(create_requires_free_contig_iff_alloc_contig),
+          T(create_no_memory_at_every_allocation_point), T(as_root_nonzero_and_constant), T(status_str_never_null),
+          T(null_as_is_harmless), T(create_then_destroy_returns_every_frame))
