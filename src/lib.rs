@@ -17,6 +17,7 @@
 //! | `format/`       | one file per entry format (bits only)                    |
 //! | `backend/`      | where pages come from: `alloc.rs`, `linear.rs`           |
 //! | `region.rs`     | the sorted region set, stored in host frames             |
+//! | `frames.rs`     | frame allocation, zeroing and accounting per operation   |
 //! | `hooks.rs`      | the host's callbacks, validated                          |
 //! | `flags.rs`      | region flags and fault access kinds                      |
 //! | `zero.rs`       | zeroing frames (cached and streaming)                    |
@@ -35,6 +36,7 @@ pub mod capi;
 pub mod error;
 pub mod flags;
 pub mod format;
+pub mod frames;
 pub mod hooks;
 pub mod region;
 pub mod space;

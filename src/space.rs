@@ -233,12 +233,7 @@ impl AddrSpace {
                 return Ok(());
             }
             with_format!(self.config.format, F => {
-                let mut src = Populate::<false>::new(
-                    &self.hooks,
-                    &self.counters,
-                    flags.to_mapping(),
-                    self.config.frames_zeroed,
-                );
+                let mut src = Populate::<F, false>::new(flags.to_mapping());
                 self.walker::<F>().map_range(start, end, &mut src)
             })
         })
@@ -320,15 +315,8 @@ impl AddrSpace {
             Backend::Linear { .. } => Ok(()),
             Backend::Alloc => with_format!(self.config.format, F => {
                 let gpa = Gpa::from_usize(gpa.as_usize() & !(FRAME_SIZE - 1));
-                alloc::fault_in::<F>(
-                    &self.walker::<F>(),
-                    &self.hooks,
-                    &self.counters,
-                    gpa,
-                    region.flags.to_mapping(),
-                    self.config.frames_zeroed,
-                )
-                .map(|_| ())
+                alloc::fault_in::<F>(&self.walker::<F>(), gpa, region.flags.to_mapping())
+                    .map(|_| ())
             }),
         }
     }
@@ -479,12 +467,7 @@ impl AddrSpace {
             if r.backend != Backend::Alloc {
                 return Ok(());
             }
-            let mut src = Populate::<true>::new(
-                &self.hooks,
-                &self.counters,
-                r.flags.to_mapping(),
-                self.config.frames_zeroed,
-            );
+            let mut src = Populate::<F, true>::new(r.flags.to_mapping());
             w.prepare_range(r.start, r.end, &mut src)
         });
         match prepared {

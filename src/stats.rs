@@ -8,7 +8,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 pub struct Counters {
     /// Page-table frames held, root included.
     pub table_frames: AtomicU64,
-    /// 4 KiB frames backing alloc regions.
+    /// 4 KiB frames backing alloc regions, *minus* `faults` (wrapping): a
+    /// fault bumps only `faults`, see `Frames::count_fault`.
     pub guest_frames: AtomicU64,
     /// Faults resolved by installing a frame.
     pub faults: AtomicU64,
@@ -32,12 +33,16 @@ pub struct Stats {
 impl Counters {
     /// Reads the frame and fault counters.
     pub fn read(&self, regions: u64, mapped_bytes: u64) -> Stats {
+        let faults = self.faults.load(Ordering::Relaxed);
         Stats {
             regions,
             mapped_bytes,
-            guest_frames: self.guest_frames.load(Ordering::Relaxed),
+            guest_frames: self
+                .guest_frames
+                .load(Ordering::Relaxed)
+                .wrapping_add(faults),
             table_frames: self.table_frames.load(Ordering::Relaxed),
-            faults: self.faults.load(Ordering::Relaxed),
+            faults,
         }
     }
 }

@@ -23,6 +23,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::addr::{FRAME_SIZE, Gpa, Hpa};
 use crate::error::{Error, Result};
 use crate::format::{self, Entry, Format, level_size};
+use crate::frames::Frames;
 use crate::hooks::Hooks;
 use crate::stats::Counters;
 use crate::zero;
@@ -38,8 +39,8 @@ pub trait LeafSource<F: Format> {
     /// May one leaf at `level` (> 0) map the whole slot starting at `gpa`?
     fn huge_ok(&self, gpa: Gpa, level: usize) -> bool;
     /// The leaf for the slot at `level` starting at `gpa` (allocating its
-    /// frame, if the backend owns frames).
-    fn leaf(&mut self, gpa: Gpa, level: usize) -> Result<u64>;
+    /// frame from `frames`, if the backend owns frames).
+    fn leaf(&mut self, frames: &Frames<'_>, gpa: Gpa, level: usize) -> Result<u64>;
 }
 
 /// Where a concurrent walk ended.
@@ -93,10 +94,8 @@ impl SplitPool {
 
 /// A view of one address space's table for format `F`.
 pub struct Walker<'a, F: Format> {
-    hooks: &'a Hooks,
-    counters: &'a Counters,
+    frames: Frames<'a>,
     root: Hpa,
-    frames_zeroed: bool,
     _format: PhantomData<F>,
 }
 
@@ -125,12 +124,15 @@ impl<'a, F: Format> Walker<'a, F> {
     /// A walker over the table rooted at `root`.
     pub fn new(hooks: &'a Hooks, counters: &'a Counters, root: Hpa, frames_zeroed: bool) -> Self {
         Self {
-            hooks,
-            counters,
+            frames: Frames::new(hooks, counters, frames_zeroed),
             root,
-            frames_zeroed,
             _format: PhantomData,
         }
+    }
+
+    /// Frame allocation and accounting for this operation.
+    pub fn frames(&self) -> &Frames<'a> {
+        &self.frames
     }
 
     /// Number of entries in a table at `level`.
@@ -142,67 +144,34 @@ impl<'a, F: Format> Walker<'a, F> {
         }
     }
 
-    /// The entry at `index` of the table at `table` (which sits at `level`).
-    /// Indices come from guest-physical addresses inside the format's space;
-    /// an out-of-range one is an internal error, never a panic.
+    /// The entries of the table at `table` (which sits at `level`): one
+    /// `phys_to_virt` call per table visited, not per entry.
     #[inline]
-    fn slot(&self, table: Hpa, level: usize, index: usize) -> Result<&AtomicU64> {
+    fn view(&self, table: Hpa, level: usize) -> Result<&[AtomicU64]> {
+        let base = self.frames.hooks().virt(table)?.cast::<AtomicU64>();
+        // SAFETY: `table` is a table frame this address space owns (reachable
+        // from the root, or just allocated), `entries(level)` long, 8-byte
+        // aligned (`Hooks::virt` checks); table frames are freed only under
+        // the exclusive lock after a flush, so it outlives `&self` for every
+        // caller that holds the lock. All access is atomic.
+        Ok(unsafe { core::slice::from_raw_parts(base.as_ptr(), Self::entries(level)) })
+    }
+
+    /// The entry for `index` (an address shifted down to `level`); indices
+    /// outside the table are an internal error, never a panic.
+    #[inline]
+    fn at(view: &[AtomicU64], level: usize, index: usize) -> Result<&AtomicU64> {
         let index = if level == Self::TOP {
             index
         } else {
             index % ENTRIES
         };
-        if index >= Self::entries(level) {
-            return Err(Error::Internal);
-        }
-        let base = self.hooks.virt(table)?.cast::<AtomicU64>();
-        // SAFETY: `table` is a table frame this address space owns (reachable
-        // from the root, or just allocated), `index` is inside it, frames are
-        // 8-byte aligned (`Hooks::virt` checks), and table frames are freed
-        // only under the exclusive lock after a flush, so it outlives `&self`
-        // for every caller that holds the lock.
-        Ok(unsafe { &*base.as_ptr().add(index) })
+        view.get(index).ok_or(Error::Internal)
     }
 
-    /// Allocates a zeroed table frame.
-    fn alloc_table(&self) -> Result<Hpa> {
-        let hpa = self.hooks.alloc_frame()?;
-        match self.hooks.virt(hpa) {
-            Ok(p) => {
-                if !self.frames_zeroed {
-                    // SAFETY: a fresh frame of ours, not yet visible to anyone.
-                    unsafe { zero::zero_frame(p) };
-                }
-                self.counters.table_frames.fetch_add(1, Ordering::Relaxed);
-                Ok(hpa)
-            }
-            Err(e) => {
-                // SAFETY: obtained just above and never shown to anyone.
-                unsafe { self.hooks.free_frame(hpa) };
-                Err(e)
-            }
-        }
-    }
-
-    /// Gives back a table frame no hardware walker can reach any more.
-    ///
-    /// # Safety
-    /// `hpa` is a table frame of this address space, unlinked, and either
-    /// never visible or flushed since it was unlinked.
-    unsafe fn free_table(&self, hpa: Hpa) {
-        self.counters.table_frames.fetch_sub(1, Ordering::Relaxed);
-        // SAFETY: per this function's contract.
-        unsafe { self.hooks.free_frame(hpa) };
-    }
-
-    /// Gives back an owned guest frame.
-    ///
-    /// # Safety
-    /// As [`Walker::free_table`], for a guest frame.
-    unsafe fn free_guest(&self, hpa: Hpa) {
-        self.counters.guest_frames.fetch_sub(1, Ordering::Relaxed);
-        // SAFETY: per this function's contract.
-        unsafe { self.hooks.free_frame(hpa) };
+    #[inline]
+    fn slot(&self, table: Hpa, level: usize, index: usize) -> Result<&AtomicU64> {
+        Self::at(self.view(table, level)?, level, index)
     }
 
     /// Allocates and zeroes a root table (`2^ROOT_ORDER` frames).
@@ -211,8 +180,7 @@ impl<'a, F: Format> Walker<'a, F> {
             // Concatenated / x4 roots come with the ARM and RISC-V formats.
             return Err(Error::Unsupported);
         }
-        let w = Walker::<F>::new(hooks, counters, Hpa::from_usize(0), frames_zeroed);
-        w.alloc_table()
+        Frames::new(hooks, counters, frames_zeroed).alloc_table()
     }
 
     // ----------------------------------------------------------------------
@@ -260,7 +228,7 @@ impl<'a, F: Format> Walker<'a, F> {
                 Entry::Leaf { .. } => return Ok(LeafSlot::Huge),
                 Entry::Parked => return Err(Error::Internal),
                 Entry::Empty => {
-                    let new = self.alloc_table()?;
+                    let new = self.frames.alloc_table()?;
                     match slot.compare_exchange(
                         raw,
                         format::table::<F>(new),
@@ -270,7 +238,7 @@ impl<'a, F: Format> Walker<'a, F> {
                         Ok(_) => new,
                         Err(now) => {
                             // SAFETY: the lost table was never linked.
-                            unsafe { self.free_table(new) };
+                            unsafe { self.frames.free_table(new) };
                             match format::decode::<F>(now, level) {
                                 Entry::Table(next) => next,
                                 Entry::Leaf { .. } => return Ok(LeafSlot::Huge),
@@ -331,17 +299,18 @@ impl<'a, F: Format> Walker<'a, F> {
         e: usize,
         src: &mut S,
     ) -> Result {
+        let view = self.view(table, level)?;
         for_slots(level, s, e, |idx, a, b| {
-            let slot = self.slot(table, level, idx)?;
+            let slot = Self::at(view, level, idx)?;
             let raw = slot.load(Ordering::Acquire);
             match format::decode::<F>(raw, level) {
                 Entry::Empty => {
                     let whole = b - a == level_size(level);
                     if level == 0 || (whole && src.huge_ok(Gpa::from_usize(a), level)) {
-                        let leaf = src.leaf(Gpa::from_usize(a), level)?;
+                        let leaf = src.leaf(&self.frames, Gpa::from_usize(a), level)?;
                         slot.store(F::park(leaf), Ordering::Relaxed);
                     } else {
-                        let new = self.alloc_table()?;
+                        let new = self.frames.alloc_table()?;
                         // Linked parked first, so a rollback finds and frees
                         // the subtree even when building it fails half-way.
                         slot.store(F::park(format::table::<F>(new)), Ordering::Relaxed);
@@ -367,14 +336,16 @@ impl<'a, F: Format> Walker<'a, F> {
         e: usize,
         src: &mut S,
     ) -> Result {
+        let view = self.view(table, level)?;
         for_slots(level, s, e, |idx, a, b| {
-            let slot = self.slot(table, level, idx)?;
+            let slot = Self::at(view, level, idx)?;
             let whole = b - a == level_size(level);
             if level == 0 || (whole && src.huge_ok(Gpa::from_usize(a), level)) {
-                slot.store(src.leaf(Gpa::from_usize(a), level)?, Ordering::Relaxed);
+                let leaf = src.leaf(&self.frames, Gpa::from_usize(a), level)?;
+                slot.store(leaf, Ordering::Relaxed);
                 Ok(())
             } else {
-                let new = self.alloc_table()?;
+                let new = self.frames.alloc_table()?;
                 slot.store(format::table::<F>(new), Ordering::Relaxed);
                 self.build(new, level - 1, a, b, src)
             }
@@ -382,8 +353,9 @@ impl<'a, F: Format> Walker<'a, F> {
     }
 
     fn commit(&self, table: Hpa, level: usize, s: usize, e: usize) -> Result {
+        let view = self.view(table, level)?;
         for_slots(level, s, e, |idx, a, b| {
-            let slot = self.slot(table, level, idx)?;
+            let slot = Self::at(view, level, idx)?;
             let raw = slot.load(Ordering::Relaxed);
             if F::is_parked(raw) {
                 slot.store(F::unpark(raw), Ordering::Release);
@@ -397,8 +369,9 @@ impl<'a, F: Format> Walker<'a, F> {
     }
 
     fn rollback(&self, table: Hpa, level: usize, s: usize, e: usize) -> Result {
+        let view = self.view(table, level)?;
         for_slots(level, s, e, |idx, a, b| {
-            let slot = self.slot(table, level, idx)?;
+            let slot = Self::at(view, level, idx)?;
             let raw = slot.load(Ordering::Relaxed);
             if F::is_parked(raw) {
                 slot.store(0, Ordering::Relaxed);
@@ -459,7 +432,7 @@ impl<'a, F: Format> Walker<'a, F> {
             return Err(Error::Internal);
         }
         for entry in pool.tables.iter_mut().take(n) {
-            match self.alloc_table() {
+            match self.frames.alloc_table() {
                 Ok(t) => *entry = Some(t),
                 Err(e) => {
                     self.release_pool(pool);
@@ -474,7 +447,7 @@ impl<'a, F: Format> Walker<'a, F> {
     pub fn release_pool(&self, pool: &mut SplitPool) {
         while let Some(t) = pool.take() {
             // SAFETY: pool tables were never linked.
-            unsafe { self.free_table(t) };
+            unsafe { self.frames.free_table(t) };
         }
     }
 
@@ -497,14 +470,14 @@ impl<'a, F: Format> Walker<'a, F> {
                     let new = pool.take().ok_or(Error::Internal)?;
                     let flags = format::leaf_flags::<F>(raw);
                     let child = level_size(level - 1);
-                    for i in 0..ENTRIES {
+                    for (i, e) in self.view(new, level - 1)?.iter().enumerate() {
                         let leaf = format::leaf::<F>(
                             Hpa::from_usize(hpa.as_usize() + i * child),
                             flags,
                             level - 1,
                             owned,
                         );
-                        self.slot(new, level - 1, i)?.store(leaf, Ordering::Relaxed);
+                        e.store(leaf, Ordering::Relaxed);
                     }
                     slot.store(format::table::<F>(new), Ordering::Release);
                     new
@@ -533,8 +506,9 @@ impl<'a, F: Format> Walker<'a, F> {
     }
 
     fn detach_in(&self, table: Hpa, level: usize, s: usize, e: usize, d: &mut Detached) -> Result {
+        let view = self.view(table, level)?;
         for_slots(level, s, e, |idx, a, b| {
-            let slot = self.slot(table, level, idx)?;
+            let slot = Self::at(view, level, idx)?;
             let raw = slot.load(Ordering::Acquire);
             let whole = b - a == level_size(level);
             match format::decode::<F>(raw, level) {
@@ -568,13 +542,10 @@ impl<'a, F: Format> Walker<'a, F> {
 
     /// True if nothing in the table is present.
     fn table_is_empty(&self, table: Hpa, level: usize) -> Result<bool> {
-        for i in 0..Self::entries(level) {
-            let raw = self.slot(table, level, i)?.load(Ordering::Relaxed);
-            if raw != 0 && !F::is_parked(raw) {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        Ok(self.view(table, level)?.iter().all(|e| {
+            let raw = e.load(Ordering::Relaxed);
+            raw == 0 || F::is_parked(raw)
+        }))
     }
 
     /// After the flush that followed [`Walker::detach`]: frees every parked
@@ -589,8 +560,9 @@ impl<'a, F: Format> Walker<'a, F> {
     }
 
     unsafe fn reclaim_in(&self, table: Hpa, level: usize, s: usize, e: usize) -> Result {
+        let view = self.view(table, level)?;
         for_slots(level, s, e, |idx, a, b| {
-            let slot = self.slot(table, level, idx)?;
+            let slot = Self::at(view, level, idx)?;
             let raw = slot.load(Ordering::Relaxed);
             if F::is_parked(raw) {
                 slot.store(0, Ordering::Relaxed);
@@ -619,13 +591,13 @@ impl<'a, F: Format> Walker<'a, F> {
                     return Err(Error::Internal);
                 }
                 // SAFETY: per this function's contract.
-                unsafe { self.free_guest(hpa) };
+                unsafe { self.frames.free_guest(hpa) };
             }
             Entry::Table(next) if level > 0 => {
                 // SAFETY: per this function's contract.
                 unsafe {
                     self.release_subtree(next, level - 1)?;
-                    self.free_table(next);
+                    self.frames.free_table(next);
                 }
             }
             _ => {}
@@ -638,13 +610,12 @@ impl<'a, F: Format> Walker<'a, F> {
     /// # Safety
     /// As [`Walker::release_entry`].
     unsafe fn release_subtree(&self, table: Hpa, level: usize) -> Result {
-        for i in 0..Self::entries(level) {
-            let slot = self.slot(table, level, i)?;
-            let raw = slot.load(Ordering::Relaxed);
+        // The table itself is freed next: its entries need no clearing.
+        for e in self.view(table, level)? {
+            let raw = e.load(Ordering::Relaxed);
             if raw == 0 {
                 continue;
             }
-            slot.store(0, Ordering::Relaxed);
             let raw = if F::is_parked(raw) {
                 F::unpark(raw)
             } else {
@@ -665,30 +636,8 @@ impl<'a, F: Format> Walker<'a, F> {
         // SAFETY: per this function's contract.
         unsafe {
             let r = self.release_subtree(self.root, Self::TOP);
-            self.free_table(self.root);
+            self.frames.free_table(self.root);
             r
-        }
-    }
-
-    /// Reads the raw entry covering `gpa` at `level` (tests and diagnostics).
-    pub fn raw_entry(&self, gpa: Gpa, want_level: usize) -> Result<Option<u64>> {
-        let gpa = gpa.as_usize();
-        let mut table = self.root;
-        let mut level = Self::TOP;
-        loop {
-            let raw = self
-                .slot(table, level, gpa >> (12 + 9 * level))?
-                .load(Ordering::Acquire);
-            if level == want_level {
-                return Ok(Some(raw));
-            }
-            match format::decode::<F>(raw, level) {
-                Entry::Table(next) if level > 0 => {
-                    table = next;
-                    level -= 1;
-                }
-                _ => return Ok(None),
-            }
         }
     }
 }

@@ -92,6 +92,8 @@ impl Drop for Mapping {
 
 /// An O(1) free list over the frames `[lo, hi)` of a mapping. Not
 /// synchronised: one thread at a time (see [`MtPool`] for two threads).
+/// Cache-line aligned so that two sub-pools never share a line.
+#[repr(align(128))]
 pub struct Pool {
     map: *const Mapping,
     lo: usize,
@@ -151,7 +153,7 @@ impl Pool {
         let i = unsafe { (*self.free.get()).pop() }? as usize;
         if let Some(o) = &self.owned {
             // SAFETY: as above; `i` is in range.
-            unsafe { (*o.get())[i - self.lo] = 1 };
+            unsafe { (&mut *o.get())[i - self.lo] = 1 };
         }
         Some(self.map().phys(i))
     }
@@ -181,10 +183,6 @@ impl Pool {
     pub fn in_use(&self) -> usize {
         // SAFETY: single-threaded use.
         (self.hi - self.lo) - unsafe { (*self.free.get()).len() }
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.hi - self.lo
     }
 
     /// Fills every frame of this pool with `byte`.

@@ -373,6 +373,10 @@ static int run_once(int kvm, const struct opts *o, bool eager, struct result *re
     uint8_t *buf = NULL;
 
     memset(res, 0, sizeof(*res));
+    memset(&pool, 0, sizeof(pool));
+    v.slot = NULL;
+    v.run = NULL;
+    v.vm = v.vcpu = -1;
     res->eager = eager;
     res->mem = mem;
     res->pages = pages;

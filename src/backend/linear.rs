@@ -8,6 +8,7 @@ use page_table_multiarch::MappingFlags;
 use crate::addr::{Gpa, Hpa};
 use crate::error::Result;
 use crate::format::{self, Format, level_size};
+use crate::frames::Frames;
 use crate::table::LeafSource;
 
 /// Leaves of one linear mapping.
@@ -41,7 +42,7 @@ impl<F: Format> LeafSource<F> for Linear {
         level <= self.max_level && self.hpa_of(gpa).as_usize() % level_size(level) == 0
     }
 
-    fn leaf(&mut self, gpa: Gpa, level: usize) -> Result<u64> {
+    fn leaf(&mut self, _frames: &Frames<'_>, gpa: Gpa, level: usize) -> Result<u64> {
         Ok(format::leaf::<F>(
             self.hpa_of(gpa),
             self.flags,

@@ -77,6 +77,15 @@ pub fn leaf<F: Format>(hpa: Hpa, flags: MappingFlags, level: usize, owned: bool)
     pte.bits() as u64 | if owned { F::OWNED } else { 0 }
 }
 
+/// `template` (an encoded leaf) pointed at `hpa` instead: the flags are
+/// encoded once per operation, not once per page.
+#[inline]
+pub fn with_addr<F: Format>(template: u64, hpa: Hpa) -> u64 {
+    let mut pte = F::from_raw(template);
+    pte.set_paddr(PhysAddr::from_usize(hpa.as_usize()));
+    pte.bits() as u64
+}
+
 /// Encodes a non-leaf entry pointing to the table at `hpa`.
 #[inline]
 pub fn table<F: Format>(hpa: Hpa) -> u64 {

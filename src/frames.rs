@@ -1,0 +1,135 @@
+//! Frames with accounting: every table and guest frame the library takes or
+//! gives back goes through [`Frames`], which zeroes new frames as configured
+//! and keeps the counters behind `axalloc_as_stats`.
+//!
+//! Counting is batched: one operation (a populate of a million pages, an
+//! unmap) accumulates its changes in plain cells and publishes them once when
+//! the `Frames` is dropped, instead of one atomic read-modify-write per page.
+
+use core::cell::Cell;
+use core::sync::atomic::Ordering;
+
+use crate::addr::Hpa;
+use crate::error::Result;
+use crate::hooks::Hooks;
+use crate::stats::Counters;
+use crate::zero;
+
+/// One operation's view of frame allocation.
+pub struct Frames<'a> {
+    hooks: &'a Hooks,
+    counters: &'a Counters,
+    frames_zeroed: bool,
+    tables: Cell<i64>,
+    guests: Cell<i64>,
+}
+
+impl<'a> Frames<'a> {
+    /// Frames for one operation on an address space.
+    pub fn new(hooks: &'a Hooks, counters: &'a Counters, frames_zeroed: bool) -> Self {
+        Self {
+            hooks,
+            counters,
+            frames_zeroed,
+            tables: Cell::new(0),
+            guests: Cell::new(0),
+        }
+    }
+
+    /// The hooks behind these frames.
+    pub fn hooks(&self) -> &'a Hooks {
+        self.hooks
+    }
+
+    fn alloc_zeroed(&self, streaming: bool) -> Result<Hpa> {
+        let hpa = self.hooks.alloc_frame()?;
+        if !self.frames_zeroed {
+            match self.hooks.virt(hpa) {
+                // SAFETY: a fresh frame of ours that nothing maps yet.
+                Ok(p) if streaming => unsafe { zero::zero_frame_streaming(p) },
+                // SAFETY: as above.
+                Ok(p) => unsafe { zero::zero_frame(p) },
+                Err(e) => {
+                    // SAFETY: obtained above and never shown to anyone.
+                    unsafe { self.hooks.free_frame(hpa) };
+                    return Err(e);
+                }
+            }
+        }
+        Ok(hpa)
+    }
+
+    /// A zeroed table frame (ordinary stores: the walker writes it next).
+    pub fn alloc_table(&self) -> Result<Hpa> {
+        let hpa = self.alloc_zeroed(false)?;
+        self.tables.set(self.tables.get() + 1);
+        Ok(hpa)
+    }
+
+    /// A zeroed guest frame. Zeroed with non-temporal stores (no
+    /// write-allocate traffic, no cache pollution), so
+    /// [`zero::streaming_fence`] must run before it becomes reachable.
+    pub fn alloc_guest(&self) -> Result<Hpa> {
+        let hpa = self.alloc_zeroed(true)?;
+        self.guests.set(self.guests.get() + 1);
+        Ok(hpa)
+    }
+
+    /// Counts a guest frame just installed by a fault as a fault: the
+    /// `faults` counter then stands for it in `guest_frames` too, so the fault
+    /// path publishes one counter instead of two.
+    pub fn count_fault(&self) {
+        self.guests.set(self.guests.get() - 1);
+        self.counters.faults.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A guest frame that lost an install race: it was never counted as held
+    /// by the address space.
+    ///
+    /// # Safety
+    /// From `alloc_guest` of this `Frames`, never visible to hardware.
+    pub unsafe fn discard_guest(&self, hpa: Hpa) {
+        self.guests.set(self.guests.get() - 1);
+        // SAFETY: per the contract.
+        unsafe { self.hooks.free_frame(hpa) };
+    }
+
+    /// Gives back a table frame.
+    ///
+    /// # Safety
+    /// A table frame of this address space that no hardware walker can reach
+    /// (never linked, or unlinked and flushed since).
+    pub unsafe fn free_table(&self, hpa: Hpa) {
+        self.tables.set(self.tables.get() - 1);
+        // SAFETY: per the contract.
+        unsafe { self.hooks.free_frame(hpa) };
+    }
+
+    /// Gives back a guest frame.
+    ///
+    /// # Safety
+    /// As [`Frames::free_table`], for an owned guest frame.
+    pub unsafe fn free_guest(&self, hpa: Hpa) {
+        self.guests.set(self.guests.get() - 1);
+        // SAFETY: per the contract.
+        unsafe { self.hooks.free_frame(hpa) };
+    }
+}
+
+impl Drop for Frames<'_> {
+    fn drop(&mut self) {
+        // Wrapping adds of a signed delta; nothing here can panic.
+        let t = self.tables.get();
+        if t != 0 {
+            self.counters
+                .table_frames
+                .fetch_add(t as u64, Ordering::Relaxed);
+        }
+        let g = self.guests.get();
+        if g != 0 {
+            self.counters
+                .guest_frames
+                .fetch_add(g as u64, Ordering::Relaxed);
+        }
+    }
+}
