@@ -36,6 +36,11 @@ impl<'a> Frames<'a> {
         }
     }
 
+    /// True if the host supplies zeroed frames (nothing to zero, no fence).
+    pub fn frames_zeroed(&self) -> bool {
+        self.frames_zeroed
+    }
+
     /// The hooks behind these frames.
     pub fn hooks(&self) -> &'a Hooks {
         self.hooks

@@ -78,7 +78,9 @@ pub fn fault_in<F: Format>(
     let hpa = frames.alloc_guest()?;
     let leaf = format::leaf::<F>(hpa, flags, 0, true);
     // The streaming zero stores must be visible before the entry is.
-    zero::streaming_fence();
+    if !frames.frames_zeroed() {
+        zero::streaming_fence();
+    }
     match slot.compare_exchange(old, leaf, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => {
             frames.count_fault();
