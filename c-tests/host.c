@@ -303,6 +303,10 @@ th_fx_t th_fx_new(uint32_t format, uint32_t cfg_flags, uint64_t base, uint64_t s
 
 int th_fx_done(th_fx_t *f) {
   int problems = 0;
+  /* Destroy flushes the whole window first, then frees frames the dead
+   * table still names: the flush-before-free check applies, the walk of the
+   * (being freed) table does not. */
+  th_check_reachability(f->pool, false);
   axalloc_as_destroy(f->as);
   th_mark_destroyed(f->pool);
   if (th_in_use(f->pool) != 0) {

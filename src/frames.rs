@@ -80,12 +80,12 @@ impl<'a> Frames<'a> {
         Ok(hpa)
     }
 
-    /// Counts a guest frame just installed by a fault as a fault: the
-    /// `faults` counter then stands for it in `guest_frames` too, so the fault
-    /// path publishes one counter instead of two.
-    pub fn count_fault(&self) {
+    /// A guest frame just installed by a fault: the caller counts the fault
+    /// (in its lock guard, at no extra atomic cost, see `sync.rs`) and the
+    /// fault count stands for the frame in `guest_frames`, so it is not
+    /// counted here too.
+    pub fn installed_by_fault(&self) {
         self.guests.set(self.guests.get() - 1);
-        self.counters.faults.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A guest frame that lost an install race: it was never counted as held

@@ -23,7 +23,7 @@ use crate::hooks::Hooks;
 use crate::region::{Backend, Region, RegionSet};
 use crate::stats::{Counters, Stats};
 use crate::sync::{RwLock, WriteGuard};
-use crate::table::{SplitPool, Walker};
+use crate::table::{TablePool, Walker};
 
 /// Highest host-physical address + 1 a linear mapping may reach.
 const HPA_LIMIT: usize = 1 << 52;
@@ -188,8 +188,11 @@ impl AddrSpace {
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         let regions = self.regions.read();
-        self.counters
-            .read(regions.len() as u64, regions.mapped_bytes())
+        self.counters.read(
+            regions.len() as u64,
+            regions.mapped_bytes(),
+            self.regions.events(),
+        )
     }
 
     /// Largest leaf level a linear mapping may use.
@@ -278,10 +281,10 @@ impl AddrSpace {
         with_format!(self.config.format, F => {
             let w = self.walker::<F>();
             // Prepare: every table the edge splits need, or nothing changes.
-            let mut pool = SplitPool::new();
+            let mut pool = TablePool::new();
             let prepared = w
                 .split_tables_needed(start, end)
-                .and_then(|n| w.reserve_split(n, &mut pool));
+                .and_then(|n| w.reserve_tables(n, &mut pool));
             if let Err(e) = prepared {
                 regions.shrink(&self.hooks);
                 return Err(e);
@@ -305,7 +308,7 @@ impl AddrSpace {
     /// Resolves a stage-2 fault at `gpa` for `access`.
     pub fn handle_fault(&self, gpa: u64, access: Access) -> Result {
         let gpa = Gpa::from_u64(gpa);
-        let regions = self.regions.read();
+        let mut regions = self.regions.read();
         let region = regions.find(gpa).ok_or(Error::NotMapped)?;
         if !access.allowed_by(region.flags) {
             return Err(Error::Access);
@@ -315,8 +318,11 @@ impl AddrSpace {
             Backend::Linear { .. } => Ok(()),
             Backend::Alloc => with_format!(self.config.format, F => {
                 let gpa = Gpa::from_usize(gpa.as_usize() & !(FRAME_SIZE - 1));
-                alloc::fault_in::<F>(&self.walker::<F>(), gpa, region.flags.to_mapping())
-                    .map(|_| ())
+                let done = alloc::fault_in::<F>(&self.walker::<F>(), gpa, region.flags.to_mapping())?;
+                if done == alloc::Faulted::Installed {
+                    regions.count_event();
+                }
+                Ok(())
             }),
         }
     }

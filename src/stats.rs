@@ -8,11 +8,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 pub struct Counters {
     /// Page-table frames held, root included.
     pub table_frames: AtomicU64,
-    /// 4 KiB frames backing alloc regions, *minus* `faults` (wrapping): a
-    /// fault bumps only `faults`, see `Frames::count_fault`.
+    /// 4 KiB frames backing alloc regions, *minus* the faults that installed
+    /// frames (wrapping): the lock counts those, see `sync.rs`.
     pub guest_frames: AtomicU64,
-    /// Faults resolved by installing a frame.
-    pub faults: AtomicU64,
 }
 
 /// A snapshot, as the C API reports it.
@@ -31,9 +29,8 @@ pub struct Stats {
 }
 
 impl Counters {
-    /// Reads the frame and fault counters.
-    pub fn read(&self, regions: u64, mapped_bytes: u64) -> Stats {
-        let faults = self.faults.load(Ordering::Relaxed);
+    /// Reads the frame counters; `faults` comes from the lock.
+    pub fn read(&self, regions: u64, mapped_bytes: u64, faults: u64) -> Stats {
         Stats {
             regions,
             mapped_bytes,

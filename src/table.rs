@@ -43,14 +43,6 @@ pub trait LeafSource<F: Format> {
     fn leaf(&mut self, frames: &Frames<'_>, gpa: Gpa, level: usize) -> Result<u64>;
 }
 
-/// Where a concurrent walk ended.
-pub enum LeafSlot<'t> {
-    /// The 4 KiB entry for the address (present or not).
-    Slot(&'t AtomicU64),
-    /// A present huge leaf already maps the address.
-    Huge,
-}
-
 /// What removing a range did.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Detached {
@@ -76,19 +68,27 @@ impl Detached {
     }
 }
 
-/// Tables reserved for splitting huge leaves at the edges of an unmap.
+/// Zeroed table frames obtained before a change starts (KVM's "memory
+/// cache"): a fault or a split takes what it needs from here, so it either
+/// gets everything up front or changes nothing. Tables left over were never
+/// linked and go straight back ([`Walker::release_pool`]).
 #[derive(Default)]
-pub struct SplitPool {
+pub struct TablePool {
     tables: [Option<Hpa>; 4],
 }
 
-impl SplitPool {
+impl TablePool {
     /// An empty pool.
     pub const fn new() -> Self {
         Self { tables: [None; 4] }
     }
     fn take(&mut self) -> Option<Hpa> {
         self.tables.iter_mut().find_map(Option::take)
+    }
+    fn put_back(&mut self, t: Hpa) -> Result {
+        let free = self.tables.iter_mut().find(|t| t.is_none());
+        *free.ok_or(Error::Internal)? = Some(t);
+        Ok(())
     }
 }
 
@@ -214,9 +214,35 @@ impl<'a, F: Format> Walker<'a, F> {
     // Concurrent install (shared lock)
     // ----------------------------------------------------------------------
 
-    /// Walks to the 4 KiB entry of `gpa`, creating missing tables with
-    /// compare-exchange. Safe against concurrent walkers doing the same.
-    pub fn leaf_slot(&self, gpa: Gpa) -> Result<LeafSlot<'_>> {
+    /// How many tables a fault at `gpa` needs, or `None` if a leaf already
+    /// maps it. Another fault may add tables meanwhile, never remove them, so
+    /// the answer is an upper bound for [`Walker::install_leaf`].
+    pub fn tables_missing(&self, gpa: Gpa) -> Result<Option<usize>> {
+        let gpa = gpa.as_usize();
+        let mut table = self.root;
+        let mut level = Self::TOP;
+        loop {
+            let raw = self
+                .slot(table, level, gpa >> (12 + 9 * level))?
+                .load(Ordering::Acquire);
+            match format::decode::<F>(raw, level) {
+                Entry::Table(next) if level > 0 => {
+                    table = next;
+                    level -= 1;
+                }
+                Entry::Leaf { .. } => return Ok(None),
+                Entry::Empty => return Ok(Some(level)),
+                _ => return Err(Error::Internal),
+            }
+        }
+    }
+
+    /// Installs the 4 KiB leaf `leaf` for `gpa` if nothing maps it yet,
+    /// linking missing tables from `pool` (see `tables_missing`). Every store
+    /// is a compare-exchange from empty, so concurrent faults are safe: a
+    /// table that loses goes back to the pool, and `Ok(false)` means another
+    /// fault (or a huge leaf) already maps `gpa` — `leaf` was not installed.
+    pub fn install_leaf(&self, gpa: Gpa, leaf: u64, pool: &mut TablePool) -> Result<bool> {
         let gpa = gpa.as_usize();
         let mut table = self.root;
         let mut level = Self::TOP;
@@ -225,23 +251,18 @@ impl<'a, F: Format> Walker<'a, F> {
             let raw = slot.load(Ordering::Acquire);
             table = match format::decode::<F>(raw, level) {
                 Entry::Table(next) => next,
-                Entry::Leaf { .. } => return Ok(LeafSlot::Huge),
+                Entry::Leaf { .. } => return Ok(false),
                 Entry::Parked => return Err(Error::Internal),
                 Entry::Empty => {
-                    let new = self.frames.alloc_table()?;
-                    match slot.compare_exchange(
-                        raw,
-                        format::table::<F>(new),
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    ) {
+                    let new = pool.take().ok_or(Error::Internal)?;
+                    let link = format::table::<F>(new);
+                    match slot.compare_exchange(raw, link, Ordering::AcqRel, Ordering::Acquire) {
                         Ok(_) => new,
                         Err(now) => {
-                            // SAFETY: the lost table was never linked.
-                            unsafe { self.frames.free_table(new) };
+                            pool.put_back(new)?;
                             match format::decode::<F>(now, level) {
                                 Entry::Table(next) => next,
-                                Entry::Leaf { .. } => return Ok(LeafSlot::Huge),
+                                Entry::Leaf { .. } => return Ok(false),
                                 _ => return Err(Error::Internal),
                             }
                         }
@@ -250,7 +271,15 @@ impl<'a, F: Format> Walker<'a, F> {
             };
             level -= 1;
         }
-        Ok(LeafSlot::Slot(self.slot(table, 0, gpa >> 12)?))
+        let slot = self.slot(table, 0, gpa >> 12)?;
+        let raw = slot.load(Ordering::Acquire);
+        if format::decode::<F>(raw, 0) != Entry::Empty {
+            return Ok(false);
+        }
+        // Release: the frame's zeroing is visible before the entry is.
+        Ok(slot
+            .compare_exchange(raw, leaf, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok())
     }
 
     // ----------------------------------------------------------------------
@@ -337,10 +366,26 @@ impl<'a, F: Format> Walker<'a, F> {
         src: &mut S,
     ) -> Result {
         let view = self.view(table, level)?;
+        if level == 0 {
+            // The hot loop of every populate: one leaf per entry, no closure.
+            let first = (s >> 12) % ENTRIES;
+            let slots = view
+                .get(first..first + ((e - s) >> 12))
+                .ok_or(Error::Internal)?;
+            let mut gpa = s;
+            for slot in slots {
+                slot.store(
+                    src.leaf(&self.frames, Gpa::from_usize(gpa), 0)?,
+                    Ordering::Relaxed,
+                );
+                gpa += FRAME_SIZE;
+            }
+            return Ok(());
+        }
         for_slots(level, s, e, |idx, a, b| {
             let slot = Self::at(view, level, idx)?;
             let whole = b - a == level_size(level);
-            if level == 0 || (whole && src.huge_ok(Gpa::from_usize(a), level)) {
+            if whole && src.huge_ok(Gpa::from_usize(a), level) {
                 let leaf = src.leaf(&self.frames, Gpa::from_usize(a), level)?;
                 slot.store(leaf, Ordering::Relaxed);
                 Ok(())
@@ -426,8 +471,8 @@ impl<'a, F: Format> Walker<'a, F> {
         Ok(n)
     }
 
-    /// Reserves `n` tables for [`Walker::split_at`]; all or nothing.
-    pub fn reserve_split(&self, n: usize, pool: &mut SplitPool) -> Result {
+    /// Reserves `n` zeroed tables in `pool`; all or nothing.
+    pub fn reserve_tables(&self, n: usize, pool: &mut TablePool) -> Result {
         if n > pool.tables.len() {
             return Err(Error::Internal);
         }
@@ -444,7 +489,7 @@ impl<'a, F: Format> Walker<'a, F> {
     }
 
     /// Gives back reserved tables that were not used (never visible).
-    pub fn release_pool(&self, pool: &mut SplitPool) {
+    pub fn release_pool(&self, pool: &mut TablePool) {
         while let Some(t) = pool.take() {
             // SAFETY: pool tables were never linked.
             unsafe { self.frames.free_table(t) };
@@ -454,7 +499,7 @@ impl<'a, F: Format> Walker<'a, F> {
     /// Splits the huge leaves covering `gpa` until `gpa` is a leaf boundary.
     /// The translation is unchanged (the new table maps the same bytes the
     /// same way), so no flush is needed for the split itself.
-    pub fn split_at(&self, gpa: Gpa, pool: &mut SplitPool) -> Result {
+    pub fn split_at(&self, gpa: Gpa, pool: &mut TablePool) -> Result {
         let x = gpa.as_usize();
         if x >= 1usize << F::GPA_BITS {
             return Ok(());

@@ -7,15 +7,14 @@
 //! halve the cost of the zeroing that dominates it.
 
 use core::marker::PhantomData;
-use core::sync::atomic::Ordering;
 
 use page_table_multiarch::MappingFlags;
 
 use crate::addr::{Gpa, Hpa};
 use crate::error::Result;
-use crate::format::{self, Entry, Format};
+use crate::format::{self, Format};
 use crate::frames::Frames;
-use crate::table::{LeafSlot, LeafSource, Walker};
+use crate::table::{LeafSource, TablePool, Walker};
 use crate::zero;
 
 /// Leaves for eager population. With `FILL_HOLES` (a hypervisor write into a
@@ -60,36 +59,44 @@ pub enum Faulted {
 }
 
 /// Resolves a fault at `gpa` in an alloc region with `flags`. Runs under the
-/// shared lock, concurrently with other faults: a present page is never
-/// replaced; the loser of a race gives back its own, never-visible frame.
+/// shared lock, concurrently with other faults, as a short pipeline (KVM's
+/// TDP MMU): look; obtain every table and the frame it may need — or fail
+/// having changed nothing; install with compare-exchange. A present page is
+/// never replaced; the loser of a race gives back its own, never-visible
+/// frame and tables.
 pub fn fault_in<F: Format>(
     walker: &Walker<'_, F>,
     gpa: Gpa,
     flags: MappingFlags,
 ) -> Result<Faulted> {
-    let LeafSlot::Slot(slot) = walker.leaf_slot(gpa)? else {
+    let Some(missing) = walker.tables_missing(gpa)? else {
         return Ok(Faulted::Spurious);
     };
-    let old = slot.load(Ordering::Acquire);
-    if !matches!(format::decode::<F>(old, 0), Entry::Empty) {
-        return Ok(Faulted::Spurious);
-    }
     let frames = walker.frames();
-    let hpa = frames.alloc_guest()?;
-    let leaf = format::leaf::<F>(hpa, flags, 0, true);
+    let mut pool = TablePool::new();
+    walker.reserve_tables(missing, &mut pool)?;
+    let hpa = match frames.alloc_guest() {
+        Ok(hpa) => hpa,
+        Err(e) => {
+            walker.release_pool(&mut pool);
+            return Err(e);
+        }
+    };
     // The streaming zero stores must be visible before the entry is.
     if !frames.frames_zeroed() {
         zero::streaming_fence();
     }
-    match slot.compare_exchange(old, leaf, Ordering::AcqRel, Ordering::Acquire) {
-        Ok(_) => {
-            frames.count_fault();
+    let installed = walker.install_leaf(gpa, format::leaf::<F>(hpa, flags, 0, true), &mut pool);
+    walker.release_pool(&mut pool);
+    match installed {
+        Ok(true) => {
+            frames.installed_by_fault();
             Ok(Faulted::Installed)
         }
-        Err(_) => {
-            // SAFETY: our frame lost the race and was never visible.
+        lost_or_broken => {
+            // SAFETY: our frame was not installed: never visible.
             unsafe { frames.discard_guest(hpa) };
-            Ok(Faulted::Spurious)
+            lost_or_broken.map(|_| Faulted::Spurious)
         }
     }
 }
