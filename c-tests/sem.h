@@ -168,8 +168,21 @@ static inline th_fx_t xfx_new(xhost_t *x, uint32_t format, uint32_t cfg_flags, u
   return f;
 }
 
+/*
+ * th_fx_done with the pool's reachability walk switched off for the destroy
+ * itself: axalloc_as_destroy flushes the whole window first and then frees
+ * frames that the (dead) table still links, which the header allows ("only
+ * after the flush_tlb call that covered its removal"); the walk would read
+ * freed (poisoned) tables. The flush-count check ("freed without a flush since
+ * it was last reachable"), leaks and double frees are still checked.
+ */
+static inline int fx_done(th_fx_t *f) {
+  th_check_reachability(f->pool, false);
+  return th_fx_done(f);
+}
+
 static inline int xfx_done(th_fx_t *f, xhost_t *x) {
-  int r = th_fx_done(f);
+  int r = fx_done(f);
   free(x->mem);
   x->mem = NULL;
   return r;

@@ -10,7 +10,9 @@
  * checks the pool is clean. `tweak` may edit the hooks. */
 static void expect_create(const char *what, axalloc_config_t cfg, void (*tweak)(axalloc_hooks_t *),
                           axalloc_status_t want) {
-  th_pool_t *p = th_pool_new(64, 0x40000000ull, false);
+  /* FRAMES_ZEROED is a promise of the host: keep it (a garbage root would be
+   * read as 512 GiB leaves) */
+  th_pool_t *p = th_pool_new(64, 0x40000000ull, (cfg.flags & AXALLOC_CFG_FRAMES_ZEROED) != 0);
   axalloc_hooks_t h = th_hooks(p);
   if (tweak) tweak(&h);
   axalloc_as_t *as = SENTINEL;
@@ -23,7 +25,8 @@ static void expect_create(const char *what, axalloc_config_t cfg, void (*tweak)(
   }
   if (st == AXALLOC_OK) {
     CHECK(as != SENTINEL && as != NULL);
-    th_attach(p, as, cfg.format);
+    if (h.flush_tlb) th_attach(p, as, cfg.format); /* without it the host vouches for no stale TLB */
+    th_check_reachability(p, false);
     axalloc_as_destroy(as);
     th_mark_destroyed(p);
   } else {
@@ -182,6 +185,7 @@ static void create_no_memory_at_every_allocation_point(void) {
         if (st == AXALLOC_OK) {
           CHECK(as != SENTINEL && as != NULL);
           th_attach(p, as, fmt);
+          th_check_reachability(p, false);
           CHECK(axalloc_as_root(as) != 0);
           axalloc_as_destroy(as);
           th_mark_destroyed(p);
@@ -244,7 +248,7 @@ static void as_root_nonzero_and_constant(void) {
     CHECK_STATUS(axalloc_as_create(&c, &h, &as2), AXALLOC_OK);
     CHECK(axalloc_as_root(as2) != 0 && axalloc_as_root(as2) != root);
     axalloc_as_destroy(as2);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -309,6 +313,7 @@ static void create_then_destroy_returns_every_frame(void) {
     CHECK_STATUS(axalloc_as_create(&c, &h, &as), AXALLOC_OK);
     CHECK(th_in_use(p) >= 1);
     th_attach(p, as, fmt);
+    th_check_reachability(p, false);
     axalloc_stats_t s;
     CHECK_STATUS(axalloc_as_stats(as, &s), AXALLOC_OK);
     CHECK_EQ_U64(s.table_frames, 1);

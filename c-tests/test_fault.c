@@ -41,7 +41,7 @@ static void fault_rejects_bad_access(void) {
       CHECK_STATUS(axalloc_handle_fault(f.as, (uint64_t)(i + 2) * PAGE, all_access[i]), AXALLOC_OK);
     CHECK_EQ_U64(th_stats(&f).guest_frames, N_ACCESS);
     th_scan(f.pool);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -62,7 +62,7 @@ static void fault_without_region_is_not_mapped(void) {
     expect_fault_nochange(&f, "unmapped page", GIB, AXALLOC_READ, AXALLOC_ERR_NOT_MAPPED);
     CHECK_STATUS(axalloc_handle_fault(f.as, GIB + PAGE, AXALLOC_READ), AXALLOC_OK); /* control */
     th_scan(f.pool);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -105,7 +105,7 @@ static void fault_disallowed_access_is_access_error(void) {
     CHECK_STATUS(axalloc_handle_fault(f.as, rx_pop, AXALLOC_EXEC), AXALLOC_OK);
     CHECK_STATUS(axalloc_handle_fault(f.as, rw_lazy + 2 * PAGE, RW), AXALLOC_OK);
     th_scan(f.pool);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -126,7 +126,7 @@ static void fault_on_present_page_is_spurious(void) {
     CHECK_EQ_U64(xlate(&f, 0, NULL), h0);
     CHECK_EQ_U64(xlate(&f, MIB, NULL), h1);
     CHECK_EQ_U64(th_stats(&f).faults, 1);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -155,7 +155,7 @@ static void fault_installs_zeroed_frame_on_lazy_page(void) {
       CHECK_NONE_MAPPED(&f, page + PAGE, 2 * PAGE); /* neighbours stay lazy */
     }
     CHECK_EQ_U64(th_flushes(f.pool), 0);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -184,8 +184,9 @@ static void fault_no_memory_changes_nothing(void) {
         CHECK_STATUS(axalloc_translate(f.as, gpas[g], NULL, NULL), AXALLOC_ERR_NOT_MAPPED);
         CHECK_EQ_U64(th_errors(f.pool), 0);
       }
-      if (n != need[g]) {
-        fprintf(stderr, "%s: fault %d needed %ld allocations, expected %ld\n", fmt_name(fmt), g, n, need[g]);
+      if (n < need[g]) {
+        fprintf(stderr, "%s: fault %d succeeded after %ld allocations, expected >= %ld (tables kept by an "
+                "earlier failed attempt?)\n", fmt_name(fmt), g, n, need[g]);
         check_failures++;
       }
       th_scan(f.pool);
@@ -194,7 +195,7 @@ static void fault_no_memory_changes_nothing(void) {
     }
     CHECK_EQ_U64(th_stats(&f).guest_frames, 4);
     CHECK_EQ_U64(th_stats(&f).faults, 4);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -223,7 +224,7 @@ static void fault_never_replaces_present_page(void) {
       const char *host = th_virt(f.pool, hpa);
       CHECK(host && memcmp(host + 100, msg, sizeof msg) == 0);
     }
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -268,7 +269,7 @@ static void fault_ignores_accessed_dirty_bits(void) {
     CHECK_EQ_U64(xlate(&f, GIB + 6 * PAGE, NULL), 0x100000000ull + 6 * PAGE);
     CHECK_EQ_U64(xlate(&f, GIB + 512 * MIB, NULL), 0x100000000ull + 512 * MIB);
     CHECK_EQ_U64(th_errors(f.pool), 0);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -280,12 +281,12 @@ static void fault_on_linear_region_is_ok(void) {
     CHECK_STATUS(axalloc_map_linear(f.as, GIB - 2 * MIB - PAGE, 0x100000000ull - 2 * MIB - PAGE,
                                     GIB + 2 * MIB + 2 * PAGE, RWX), AXALLOC_OK);
     th_scan(f.pool);
-    uint64_t gs[] = {GIB - 2 * MIB - PAGE, GIB - MIB, GIB + 0x1234, 2 * GIB, 2 * GIB + PAGE};
+    uint64_t gs[] = {GIB - 2 * MIB - PAGE, GIB - MIB, GIB + 0x1234, 2 * GIB - 1, 2 * GIB + PAGE - 1};
     for (size_t i = 0; i < sizeof gs / sizeof gs[0]; i++)
       for (size_t a = 0; a < N_ACCESS; a++) expect_fault_nochange(&f, "linear", gs[i], all_access[a], AXALLOC_OK);
     CHECK_EQ_U64(th_stats(&f).guest_frames, 0);
     CHECK_EQ_U64(th_stats(&f).faults, 0);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -303,7 +304,7 @@ static void fault_never_flushes(void) {
     th_scan(f.pool);
     CHECK_EQ_U64(th_flushes(f.pool), 0);
     CHECK_EQ_U64(th_stats(&f).faults, 64);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -315,7 +316,7 @@ static void fault_with_frames_zeroed_config(void) {
     CHECK_STATUS(axalloc_handle_fault(f.as, 5 * PAGE, AXALLOC_READ), AXALLOC_OK);
     th_scan(f.pool);
     CHECK(frame_is_zero(f.pool, xlate(&f, 5 * PAGE, NULL)));
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 

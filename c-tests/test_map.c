@@ -58,7 +58,7 @@ static void map_rejects_unaligned_range(void) {
     expect_map(&f, "aligned", LINEAR, 0x3000, 0x100003000ull, PAGE, RW, AXALLOC_OK);
     th_scan(f.pool);
     CHECK_EQ_U64(th_stats(&f).regions, 3);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -68,7 +68,7 @@ static void map_rejects_zero_size(void) {
     each_kind_invalid(&f, "zero size", 0x10000, 0, RW);
     each_kind_invalid(&f, "zero size at 0", 0, 0, RW);
     CHECK_EQ_U64(th_stats(&f).regions, 0);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -80,7 +80,7 @@ static void map_rejects_overflowing_range(void) {
     each_kind_invalid(&f, "gpa+size == 2^64", 0xfffffffffffff000ull, 0x1000, RW);
     each_kind_invalid(&f, "gpa near 2^64", 0xffffffffffe00000ull, 0x400000, RW);
     CHECK_EQ_U64(th_stats(&f).regions, 0);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -99,7 +99,7 @@ static void map_rejects_range_outside_window(void) {
     expect_map(&f, "next to last", LINEAR, 3 * GIB - 2 * PAGE, 0x200000000ull, PAGE, RW, AXALLOC_OK);
     th_scan(f.pool);
     CHECK_EQ_U64(th_stats(&f).regions, 3);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -118,7 +118,7 @@ static void map_requires_read(void) {
     }
     th_scan(f.pool);
     CHECK_EQ_U64(th_stats(&f).regions, 8);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -129,7 +129,7 @@ static void map_rejects_unknown_flag_bits(void) {
                       0xffffffffu, RW | AXALLOC_EXEC | AXALLOC_DEVICE | (1u << 16)};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) each_kind_invalid(&f, "unknown flag bits", MIB, MIB, bad[i]);
     CHECK_EQ_U64(th_stats(&f).regions, 0);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -171,7 +171,7 @@ static void map_overlap_is_exists(void) {
     th_scan(f.pool);
     CHECK_EQ_U64(th_stats(&f).regions, 6);
     CHECK_EQ_U64(th_stats(&f).mapped_bytes, 8 * MIB + 2 * PAGE + 2 * PAGE + PAGE + PAGE);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -194,7 +194,7 @@ static void map_alloc_lazy_allocates_no_guest_frame(void) {
     CHECK_STATUS(axalloc_handle_fault(f.as, GIB + 2 * MIB, AXALLOC_READ), AXALLOC_ERR_NOT_MAPPED);
     CHECK_EQ_U64(th_stats(&f).guest_frames, 1);
     th_scan(f.pool);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -233,7 +233,7 @@ static void map_alloc_populate_maps_every_page_zeroed(void) {
     /* the pages next to the region are not mapped */
     CHECK_NONE_MAPPED(&f, gpa - PAGE, PAGE);
     CHECK_NONE_MAPPED(&f, gpa + size, PAGE);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -296,7 +296,7 @@ static void map_alloc_populate_all_or_nothing(void) {
     uint64_t gpas[] = {GIB - 3 * PAGE, 512 * GIB - 2 * PAGE, GIB + 2 * MIB - 4 * PAGE};
     for (int r = 0; r < 3; r++)
       for (int i = 0; i < 4; i++) CHECK(frame_is_zero(f.pool, xlate(&f, gpas[r] + (uint64_t)i * PAGE, NULL)));
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -310,7 +310,7 @@ static void map_linear_all_or_nothing(void) {
     map_all_or_nothing_loop(&f, LINEAR, gpa, 0x4000000000ull - 2 * MIB - 2 * PAGE, 4 * MIB + 4 * PAGE,
                             512 * GIB - 4 * MIB, 2 * PAGE, 3);
     CHECK_EQ_U64(th_stats(&f).guest_frames, 2);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -383,7 +383,7 @@ static void map_linear_uses_huge_leaves(void) {
     check_linear_probes(&f, "exactly 1G", g4, h4, e, 2);
     CHECK_EQ_U64(th_stats(&f).table_frames, s0.table_frames); /* PDPT for [0, 512 GiB) exists already */
     th_scan(f.pool);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -412,7 +412,7 @@ static void map_linear_no_1g_leaves_with_cfg_no_huge_1g(void) {
     }
     CHECK_EQ_U64(big, 0);
     th_scan(f.pool);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -436,7 +436,7 @@ static void map_linear_allocates_no_guest_frames(void) {
     int bad = 0;
     for (uint64_t a = 4 * MIB; a < 8 * MIB; a += PAGE) bad += xlate(&f, a, NULL) != 0x100400000ull + PAGE + (a - 4 * MIB);
     CHECK_EQ_U64(bad, 0);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -459,7 +459,7 @@ static void map_linear_rejects_bad_hpa(void) {
     CHECK_EQ_U64(xlate(&f, 2 * MIB + 0x42, &ps), 0x42);
     CHECK_EQ_U64(ps, 2 * MIB);
     th_scan(f.pool);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -478,7 +478,7 @@ static void map_never_flushes(void) {
     th_fail_never(f.pool);
     th_scan(f.pool);
     CHECK_EQ_U64(th_flushes(f.pool), 0);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 

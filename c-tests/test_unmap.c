@@ -46,7 +46,7 @@ static int guest_matches(th_fx_t *f, uint64_t gpa, uint64_t size, unsigned char 
 
 static void unmap_rejects_bad_range(void) {
   FOR_EACH_FORMAT(fmt) {
-    th_fx_t f = th_fx_new(fmt, 0, GIB, 2 * GIB, 1024); /* window [1 GiB, 3 GiB) */
+    th_fx_t f = th_fx_new(fmt, 0, GIB, 2 * GIB, 2048); /* window [1 GiB, 3 GiB) */
     CHECK_STATUS(axalloc_map_alloc(f.as, GIB, 4 * MIB, RW, true), AXALLOC_OK);
     th_scan(f.pool);
     snap_t s0 = snap_of(&f);
@@ -68,14 +68,14 @@ static void unmap_rejects_bad_range(void) {
       CHECK_SNAP_EQ(s0, snap_of(&f), (long)i);
     }
     CHECK_ALL_MAPPED(&f, GIB, 4 * MIB);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
 /* No region in the range: OK, nothing changes, no flush. */
 static void unmap_without_region_is_ok_and_does_not_flush(void) {
   FOR_EACH_FORMAT(fmt) {
-    th_fx_t f = th_fx_new(fmt, 0, 0, 8 * GIB, 1024);
+    th_fx_t f = th_fx_new(fmt, 0, 0, 8 * GIB, 2048);
     CHECK_STATUS(axalloc_unmap(f.as, 0, 8 * GIB), AXALLOC_OK); /* empty address space */
     CHECK_EQ_U64(th_flushes(f.pool), 0);
     CHECK_STATUS(axalloc_map_alloc(f.as, 4 * MIB, 4 * MIB, RW, true), AXALLOC_OK);
@@ -88,7 +88,7 @@ static void unmap_without_region_is_ok_and_does_not_flush(void) {
     CHECK_SNAP_EQ(s0, snap_of(&f), 0);
     CHECK_EQ_U64(th_flushes(f.pool), 0);
     CHECK_ALL_MAPPED(&f, 4 * MIB, 4 * MIB);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -112,7 +112,7 @@ static void unmap_ignores_uncovered_parts(void) {
     CHECK_STATUS(axalloc_handle_fault(f.as, 4 * MIB, AXALLOC_READ), AXALLOC_ERR_NOT_MAPPED);
     CHECK_ALL_MAPPED(&f, 16 * MIB, MIB);
     CHECK_EQ_U64(th_errors(f.pool), 0);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -154,7 +154,7 @@ static void unmap_trims_region_left_and_right(void) {
     CHECK_STATUS(axalloc_map_alloc(f.as, r, 4 * PAGE, RW, false), AXALLOC_OK);
     CHECK_STATUS(axalloc_map_alloc(f.as, r + 28 * PAGE, 4 * PAGE, RW, false), AXALLOC_OK);
     CHECK_EQ_U64(th_errors(f.pool), 0);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -190,7 +190,7 @@ static void unmap_splits_region_in_the_middle(void) {
     CHECK_EQ_U64(th_stats(&f).regions, 3);
     CHECK_EQ_U64(th_stats(&f).mapped_bytes, 2 * MIB - PAGE);
     CHECK_EQ_U64(th_errors(f.pool), 0);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -223,7 +223,7 @@ static void unmap_region_split_failure_changes_nothing(void) {
     }
     CHECK_EQ_U64(th_stats(&f).mapped_bytes, 200 * 2 * PAGE + MIB - 20 * PAGE);
     CHECK_EQ_U64(th_errors(f.pool), 0);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -262,7 +262,7 @@ static void unmap_across_several_regions(void) {
     xlate(&f, 6 * MIB, &ps);
     CHECK_EQ_U64(ps, 2 * MIB); /* the untouched 2 MiB leaf stays huge */
     CHECK_EQ_U64(th_errors(f.pool), 0);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -324,7 +324,7 @@ static void unmap_splits_huge_linear_leaf(void) {
     CHECK_EQ_U64(ps, 2 * MIB);
     CHECK_EQ_U64(th_stats(&f).regions, 3);
     CHECK_EQ_U64(th_errors(f.pool), 0);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -367,7 +367,7 @@ static void unmap_split_failure_changes_nothing(void) {
       CHECK_STATUS(axalloc_translate(f.as, hole, NULL, NULL), AXALLOC_ERR_NOT_MAPPED);
       CHECK_EQ_U64(xlate(&f, hole + PAGE, NULL), h + (hole - g) + PAGE);
       CHECK_EQ_U64(th_errors(f.pool), 0);
-      CHECK(th_fx_done(&f) == 0);
+      CHECK(fx_done(&f) == 0);
     }
   }
 }
@@ -418,7 +418,7 @@ static void unmap_flushes_once_covering_every_removed_entry(void) {
     CHECK_FLUSH_COVERS(&f, GIB, 2 * MIB);
     CHECK_FLUSH_COVERS(&f, 40 * GIB + 3 * PAGE, PAGE);
     CHECK_EQ_U64(th_errors(f.pool), 0);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -441,7 +441,7 @@ static void unmap_of_untouched_lazy_region_does_not_flush(void) {
     CHECK_EQ_U64(s.mapped_bytes, PAGE);
     CHECK_EQ_U64(s.guest_frames, 1);
     CHECK_STATUS(axalloc_handle_fault(f.as, GIB, AXALLOC_READ), AXALLOC_ERR_NOT_MAPPED);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -470,7 +470,7 @@ static void unmap_frees_frames_only_after_the_flush(void) {
     CHECK_STATUS(axalloc_unmap(f.as, 0, 2 * GIB), AXALLOC_OK);
     CHECK_EQ_U64(th_errors(f.pool), 0);
     CHECK_EQ_U64(th_stats(&f).table_frames, 1);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -504,7 +504,7 @@ static void unmap_everything_leaves_only_the_root(void) {
       else CHECK_EQ_U64(th_in_use(f.pool), after_first);
     }
     CHECK_EQ_U64(th_errors(f.pool), 0);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 
@@ -539,7 +539,7 @@ static void unmap_keeps_stats_exact(void) {
     EXPECT();
 #undef EXPECT
     CHECK_EQ_U64(th_stats(&f).table_frames, 1);
-    CHECK(th_fx_done(&f) == 0);
+    CHECK(fx_done(&f) == 0);
   }
 }
 

@@ -43,6 +43,19 @@ pub trait LeafSource<F: Format> {
     fn leaf(&mut self, frames: &Frames<'_>, gpa: Gpa, level: usize) -> Result<u64>;
 }
 
+/// What a fault's walk found.
+pub enum Probe<'t> {
+    /// A leaf maps the address already.
+    Present,
+    /// Every table exists; this empty 4 KiB entry (holding the value seen)
+    /// is where the leaf goes.
+    Slot(&'t AtomicU64, u64),
+    /// This many tables are missing on the way down (another fault may add
+    /// some meanwhile, never remove them: an upper bound for
+    /// [`Walker::install_leaf`]).
+    Missing(usize),
+}
+
 /// What removing a range did.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Detached {
@@ -214,31 +227,29 @@ impl<'a, F: Format> Walker<'a, F> {
     // Concurrent install (shared lock)
     // ----------------------------------------------------------------------
 
-    /// How many tables a fault at `gpa` needs, or `None` if a leaf already
-    /// maps it. Another fault may add tables meanwhile, never remove them, so
-    /// the answer is an upper bound for [`Walker::install_leaf`].
-    pub fn tables_missing(&self, gpa: Gpa) -> Result<Option<usize>> {
+    /// What a fault at `gpa` finds, in one walk.
+    pub fn probe(&self, gpa: Gpa) -> Result<Probe<'_>> {
         let gpa = gpa.as_usize();
         let mut table = self.root;
         let mut level = Self::TOP;
         loop {
-            let raw = self
-                .slot(table, level, gpa >> (12 + 9 * level))?
-                .load(Ordering::Acquire);
+            let slot = self.slot(table, level, gpa >> (12 + 9 * level))?;
+            let raw = slot.load(Ordering::Acquire);
             match format::decode::<F>(raw, level) {
                 Entry::Table(next) if level > 0 => {
                     table = next;
                     level -= 1;
                 }
-                Entry::Leaf { .. } => return Ok(None),
-                Entry::Empty => return Ok(Some(level)),
+                Entry::Leaf { .. } => return Ok(Probe::Present),
+                Entry::Empty if level == 0 => return Ok(Probe::Slot(slot, raw)),
+                Entry::Empty => return Ok(Probe::Missing(level)),
                 _ => return Err(Error::Internal),
             }
         }
     }
 
     /// Installs the 4 KiB leaf `leaf` for `gpa` if nothing maps it yet,
-    /// linking missing tables from `pool` (see `tables_missing`). Every store
+    /// linking missing tables from `pool` (see [`Probe::Missing`]). Every store
     /// is a compare-exchange from empty, so concurrent faults are safe: a
     /// table that loses goes back to the pool, and `Ok(false)` means another
     /// fault (or a huge leaf) already maps `gpa` — `leaf` was not installed.

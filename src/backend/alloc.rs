@@ -7,6 +7,7 @@
 //! halve the cost of the zeroing that dominates it.
 
 use core::marker::PhantomData;
+use core::sync::atomic::Ordering;
 
 use page_table_multiarch::MappingFlags;
 
@@ -14,7 +15,7 @@ use crate::addr::{Gpa, Hpa};
 use crate::error::Result;
 use crate::format::{self, Format};
 use crate::frames::Frames;
-use crate::table::{LeafSource, TablePool, Walker};
+use crate::table::{LeafSource, Probe, TablePool, Walker};
 use crate::zero;
 
 /// Leaves for eager population. With `FILL_HOLES` (a hypervisor write into a
@@ -69,12 +70,16 @@ pub fn fault_in<F: Format>(
     gpa: Gpa,
     flags: MappingFlags,
 ) -> Result<Faulted> {
-    let Some(missing) = walker.tables_missing(gpa)? else {
-        return Ok(Faulted::Spurious);
-    };
     let frames = walker.frames();
     let mut pool = TablePool::new();
-    walker.reserve_tables(missing, &mut pool)?;
+    let slot = match walker.probe(gpa)? {
+        Probe::Present => return Ok(Faulted::Spurious),
+        Probe::Slot(slot, seen) => Some((slot, seen)),
+        Probe::Missing(n) => {
+            walker.reserve_tables(n, &mut pool)?;
+            None
+        }
+    };
     let hpa = match frames.alloc_guest() {
         Ok(hpa) => hpa,
         Err(e) => {
@@ -86,8 +91,18 @@ pub fn fault_in<F: Format>(
     if !frames.frames_zeroed() {
         zero::streaming_fence();
     }
-    let installed = walker.install_leaf(gpa, format::leaf::<F>(hpa, flags, 0, true), &mut pool);
-    walker.release_pool(&mut pool);
+    let leaf = format::leaf::<F>(hpa, flags, 0, true);
+    let installed = match slot {
+        // The common case: the leaf table exists, one compare-exchange.
+        Some((slot, seen)) => Ok(slot
+            .compare_exchange(seen, leaf, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()),
+        None => {
+            let r = walker.install_leaf(gpa, leaf, &mut pool);
+            walker.release_pool(&mut pool);
+            r
+        }
+    };
     match installed {
         Ok(true) => {
             frames.installed_by_fault();

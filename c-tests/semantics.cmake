@@ -1,0 +1,24 @@
+# Semantics tests: one executable per entry point family, one CTest test per
+# rule (`<exe>.<rule>`). The rule names are read from each file's TEST_MAIN
+# list, so a test added there is registered without touching this file.
+# Shared helpers live in sem.h (header-only).
+function(axalloc_semantics_test exe)
+  set(src "${CMAKE_CURRENT_SOURCE_DIR}/${exe}.c")
+  file(READ "${src}" text)
+  string(REGEX MATCH "TEST_MAIN\\(.*\\)" main "${text}")
+  string(REGEX MATCHALL "T\\(([A-Za-z0-9_]+)\\)" calls "${main}")
+  set(names "")
+  foreach(c IN LISTS calls)
+    string(REGEX REPLACE "T\\(([A-Za-z0-9_]+)\\)" "\\1" n "${c}")
+    list(APPEND names ${n})
+  endforeach()
+  if(NOT names)
+    message(FATAL_ERROR "${src}: no tests found in TEST_MAIN")
+  endif()
+  set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS "${src}")
+  axalloc_c_test(${exe} SOURCES ${exe}.c TESTS ${names})
+endfunction()
+
+foreach(exe IN ITEMS test_create test_map test_unmap test_fault test_copy test_api)
+  axalloc_semantics_test(${exe})
+endforeach()
