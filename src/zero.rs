@@ -1,12 +1,14 @@
 //! Zeroing frames before the guest or the hardware walker can see them.
 //!
-//! Two flavours. `zero_frame` uses ordinary stores: right for a fault, whose
-//! page the guest touches immediately (the lines are then already in cache).
-//! `zero_frame_streaming` uses non-temporal stores on x86-64: right for
-//! populating many pages, where ordinary stores would first read every line
-//! into the cache (write-allocate) only to evict it again. Streaming stores
-//! are weakly ordered, so [`streaming_fence`] must run before any entry that
-//! makes such a frame visible is stored.
+//! Two flavours. `zero_frame` uses ordinary stores (table frames, which the
+//! walker writes next). `zero_frame_streaming` uses non-temporal stores on
+//! x86-64 (guest frames): ordinary stores would first read every line into
+//! the cache (write-allocate) only to evict it again; measured here, 4 KiB
+//! of `movntdq` costs what a bulk `memset` does per 4 KiB, about 2.3x less
+//! than a 4 KiB `memset`, and even with an `sfence` per frame (a fault) it
+//! stays ahead. The price: a faulted page is not in the cache when the guest
+//! touches it. Streaming stores are weakly ordered, so [`streaming_fence`]
+//! must run before any entry that makes such a frame visible is stored.
 
 use core::ptr::NonNull;
 
@@ -29,7 +31,10 @@ pub unsafe fn zero_frame(frame: NonNull<u8>) {
 /// in the host's view; `Hooks::virt` checks 8).
 #[inline]
 pub unsafe fn zero_frame_streaming(frame: NonNull<u8>) {
-    #[cfg(target_arch = "x86_64")]
+    // Only where the target lets the compiler use SSE registers: a kernel
+    // built for a soft-float target (x86_64-unknown-none) must not have its
+    // vector registers clobbered behind its back; it gets plain stores.
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     {
         use core::arch::x86_64::{__m128i, _mm_setzero_si128, _mm_stream_si128};
         let p = frame.as_ptr().cast::<__m128i>();
@@ -51,7 +56,7 @@ pub unsafe fn zero_frame_streaming(frame: NonNull<u8>) {
 /// Orders earlier streaming stores before later stores (`sfence`).
 #[inline]
 pub fn streaming_fence() {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     // SAFETY: `sfence` has no preconditions; SSE is part of the x86-64 baseline.
     unsafe {
         core::arch::x86_64::_mm_sfence()
