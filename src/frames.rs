@@ -71,6 +71,28 @@ impl<'a> Frames<'a> {
         Ok(hpa)
     }
 
+    /// A guest frame that is **not zeroed yet**: the caller zeroes it with
+    /// [`Frames::zero_guest`] before any entry that reaches it can become
+    /// present. Populate zeroes a whole leaf table's frames back to back —
+    /// one uninterrupted stream of non-temporal stores is measurably faster
+    /// than zeroing between hook calls and entry stores.
+    pub fn alloc_guest_unzeroed(&self) -> Result<Hpa> {
+        let hpa = self.hooks.alloc_frame()?;
+        self.guests.set(self.guests.get() + 1);
+        Ok(hpa)
+    }
+
+    /// Zeroes a frame from [`Frames::alloc_guest_unzeroed`] (streaming; run
+    /// [`zero::streaming_fence`] before it becomes reachable).
+    pub fn zero_guest(&self, hpa: Hpa) -> Result {
+        if !self.frames_zeroed {
+            let p = self.hooks.virt(hpa)?;
+            // SAFETY: a guest frame of ours that no present entry reaches yet.
+            unsafe { zero::zero_frame_streaming(p) };
+        }
+        Ok(())
+    }
+
     /// A zeroed guest frame. Zeroed with non-temporal stores (no
     /// write-allocate traffic, no cache pollution), so
     /// [`zero::streaming_fence`] must run before it becomes reachable.

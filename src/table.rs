@@ -39,7 +39,8 @@ pub trait LeafSource<F: Format> {
     /// May one leaf at `level` (> 0) map the whole slot starting at `gpa`?
     fn huge_ok(&self, gpa: Gpa, level: usize) -> bool;
     /// The leaf for the slot at `level` starting at `gpa` (allocating its
-    /// frame from `frames`, if the backend owns frames).
+    /// frame from `frames`, if the backend owns frames; the walker zeroes
+    /// owned frames before they can become visible).
     fn leaf(&mut self, frames: &Frames<'_>, gpa: Gpa, level: usize) -> Result<u64>;
 }
 
@@ -349,6 +350,7 @@ impl<'a, F: Format> Walker<'a, F> {
                     if level == 0 || (whole && src.huge_ok(Gpa::from_usize(a), level)) {
                         let leaf = src.leaf(&self.frames, Gpa::from_usize(a), level)?;
                         slot.store(F::park(leaf), Ordering::Relaxed);
+                        self.zero_if_owned(leaf, level)?;
                     } else {
                         let new = self.frames.alloc_table()?;
                         // Linked parked first, so a rollback finds and frees
@@ -391,6 +393,10 @@ impl<'a, F: Format> Walker<'a, F> {
                 );
                 gpa += FRAME_SIZE;
             }
+            // The table is detached: its frames are zeroed before commit.
+            for slot in slots {
+                self.zero_if_owned(slot.load(Ordering::Relaxed), 0)?;
+            }
             return Ok(());
         }
         for_slots(level, s, e, |idx, a, b| {
@@ -399,6 +405,7 @@ impl<'a, F: Format> Walker<'a, F> {
             if whole && src.huge_ok(Gpa::from_usize(a), level) {
                 let leaf = src.leaf(&self.frames, Gpa::from_usize(a), level)?;
                 slot.store(leaf, Ordering::Relaxed);
+                self.zero_if_owned(leaf, level)?;
                 Ok(())
             } else {
                 let new = self.frames.alloc_table()?;
@@ -406,6 +413,15 @@ impl<'a, F: Format> Walker<'a, F> {
                 self.build(new, level - 1, a, b, src)
             }
         })
+    }
+
+    /// Zeroes the frame of an owned leaf a [`LeafSource`] just produced
+    /// (sources hand out unzeroed frames; see `Frames::alloc_guest_unzeroed`).
+    fn zero_if_owned(&self, leaf: u64, level: usize) -> Result {
+        match format::decode::<F>(leaf, level) {
+            Entry::Leaf { hpa, owned: true } => self.frames.zero_guest(hpa),
+            _ => Ok(()),
+        }
     }
 
     fn commit(&self, table: Hpa, level: usize, s: usize, e: usize) -> Result {

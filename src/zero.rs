@@ -39,12 +39,16 @@ pub unsafe fn zero_frame_streaming(frame: NonNull<u8>) {
         use core::arch::x86_64::{__m128i, _mm_setzero_si128, _mm_stream_si128};
         let p = frame.as_ptr().cast::<__m128i>();
         if (p as usize) % 16 == 0 {
-            // SAFETY: SSE2 is part of the x86-64 baseline.
+            // SAFETY: SSE2 is enabled for this target (cfg above).
             let z = unsafe { _mm_setzero_si128() };
-            for i in 0..FRAME_SIZE / 16 {
-                // SAFETY: `p + i` stays inside the frame and is 16-byte
-                // aligned; SSE2 is part of the x86-64 baseline.
-                unsafe { _mm_stream_si128(p.add(i), z) };
+            // Two cache lines per iteration: the loop overhead of one store
+            // per iteration measurably slows the stream.
+            for line in (0..FRAME_SIZE / 16).step_by(8) {
+                for i in 0..8 {
+                    // SAFETY: `line + i < FRAME_SIZE / 16` stays inside the
+                    // frame and is 16-byte aligned; SSE2 is enabled.
+                    unsafe { _mm_stream_si128(p.add(line + i), z) };
+                }
             }
             return;
         }

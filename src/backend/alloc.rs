@@ -45,7 +45,8 @@ impl<F: Format, const FILL_HOLES: bool> LeafSource<F> for Populate<F, FILL_HOLES
 
     #[inline]
     fn leaf(&mut self, frames: &Frames<'_>, _gpa: Gpa, _level: usize) -> Result<u64> {
-        let hpa = frames.alloc_guest()?;
+        // Zeroed by the walker, a leaf table at a time.
+        let hpa = frames.alloc_guest_unzeroed()?;
         Ok(format::with_addr::<F>(self.template, hpa))
     }
 }
