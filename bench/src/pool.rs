@@ -94,6 +94,10 @@ impl Drop for Mapping {
 /// synchronised: one thread at a time (see [`MtPool`] for two threads).
 /// Cache-line aligned so that two sub-pools never share a line.
 #[repr(align(128))]
+// Aligned and padded to 128 bytes (adjacent-line prefetch pairs): two
+// threads' pools must not share a cache line, or every allocation of one
+// thread invalidates the line the other one reads.
+#[repr(align(128))]
 pub struct Pool {
     map: *const Mapping,
     lo: usize,
@@ -238,6 +242,9 @@ pub fn set_thread_sub(i: usize) {
 /// Two [`Pool`]s over disjoint halves; each thread uses its own (chosen with
 /// [`set_thread_sub`]), so the host's allocator never serialises the threads.
 pub struct MtPool {
+    /// Read by `phys_to_virt` on every walk step: kept apart from the
+    /// sub-pools, which their threads write on every allocation.
+    map: *const Mapping,
     pub subs: [Pool; 2],
     pub flushes: AtomicU64,
 }
@@ -248,6 +255,7 @@ impl MtPool {
     pub fn new(map: &Mapping, checked: bool) -> MtPool {
         let half = map.frames / 2;
         MtPool {
+            map,
             subs: [Pool::new(map, 0, half, checked), Pool::new(map, half, map.frames, checked)],
             flushes: AtomicU64::new(0),
         }
@@ -290,9 +298,7 @@ pub unsafe extern "C" fn mt_hook_free(ctx: *mut c_void, hpa: u64) {
 }
 
 pub unsafe extern "C" fn mt_hook_virt(ctx: *mut c_void, hpa: u64) -> *mut c_void {
-    // (subs[1], not subs[0]: keeps this hook's code distinct from
-    // `hook_virt`, so the linker does not fold them and perf names it right.)
-    (*(ctx as *const MtPool)).subs[1].virt(hpa).cast()
+    (*(*(ctx as *const MtPool)).map).virt(hpa).cast()
 }
 
 pub unsafe extern "C" fn mt_hook_flush(ctx: *mut c_void, _gpa: u64, _size: u64) {
