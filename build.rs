@@ -24,8 +24,10 @@ fn main() {
         .with_src(crate_dir.join("src").join("capi.rs"))
         .generate()
         .expect("cbindgen generates the header");
-    let mut text = Vec::new();
-    bindings.write(&mut text);
+    let mut raw = Vec::new();
+    bindings.write(&mut raw);
+    let text = unsigned_flag_literals(&String::from_utf8(raw).expect("cbindgen writes UTF-8"));
+    let text = text.into_bytes();
     fs::write(out_dir.join("axalloc.h"), &text).expect("OUT_DIR is writable");
 
     let committed = crate_dir.join("include").join("axalloc.h");
@@ -36,4 +38,37 @@ fn main() {
             println!("cargo:warning=include/axalloc.h is stale and could not be rewritten");
         }
     }
+}
+
+/// cbindgen spells `1 << 0`; the C contract spells `1u << 0` (flag words are
+/// `uint32_t`; an unsigned literal keeps `~AXALLOC_WRITE` and shifts into bit
+/// 31 well-defined). Rewrites `#define AXALLOC_X N` and `(N << M)` values.
+fn unsigned_flag_literals(header: &str) -> String {
+    let mut out = String::with_capacity(header.len() + 64);
+    for line in header.split_inclusive('\n') {
+        let body = line.trim_end_matches('\n');
+        let fixed = body.strip_prefix("#define AXALLOC_").and_then(|rest| {
+            let (name, value) = rest.split_once(' ')?;
+            let value = if let Some(shift) = value.strip_prefix('(') {
+                let (n, tail) = shift.split_once(" << ")?;
+                n.bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| format!("({n}u << {tail}"))?
+            } else {
+                value
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| format!("{value}u"))?
+            };
+            Some(format!("#define AXALLOC_{name} {value}"))
+        });
+        match fixed {
+            Some(f) => {
+                out.push_str(&f);
+                out.push_str(&line[body.len()..]);
+            }
+            None => out.push_str(line),
+        }
+    }
+    out
 }

@@ -16,42 +16,42 @@
 /**
  * Region may be read by the guest. Required in every mapping.
  */
-#define AXALLOC_READ (1 << 0)
+#define AXALLOC_READ (1u << 0)
 
 /**
  * Region may be written by the guest.
  */
-#define AXALLOC_WRITE (1 << 1)
+#define AXALLOC_WRITE (1u << 1)
 
 /**
  * Region may be executed by the guest.
  */
-#define AXALLOC_EXEC (1 << 2)
+#define AXALLOC_EXEC (1u << 2)
 
 /**
  * Device / uncached memory type instead of write-back.
  */
-#define AXALLOC_DEVICE (1 << 3)
+#define AXALLOC_DEVICE (1u << 3)
 
 /**
  * Intel EPT: 4 levels, 48-bit guest-physical addresses.
  */
-#define AXALLOC_FORMAT_X86_EPT 1
+#define AXALLOC_FORMAT_X86_EPT 1u
 
 /**
  * AMD NPT: the x86-64 long-mode format with U=1, 4 levels, 48-bit.
  */
-#define AXALLOC_FORMAT_X86_NPT 2
+#define AXALLOC_FORMAT_X86_NPT 2u
 
 /**
  * The alloc hooks return zeroed frames: the library skips zeroing.
  */
-#define AXALLOC_CFG_FRAMES_ZEROED (1 << 0)
+#define AXALLOC_CFG_FRAMES_ZEROED (1u << 0)
 
 /**
  * Never create 1 GiB leaves (for CPUs without 1 GiB stage-2 pages).
  */
-#define AXALLOC_CFG_NO_HUGE_1G (1 << 1)
+#define AXALLOC_CFG_NO_HUGE_1G (1u << 1)
 
 /**
  * Status of every libaxalloc call. Values are stable and never reused.
