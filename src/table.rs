@@ -394,8 +394,10 @@ impl<'a, F: Format> Walker<'a, F> {
                 gpa += FRAME_SIZE;
             }
             // The table is detached: its frames are zeroed before commit.
-            for slot in slots {
-                self.zero_if_owned(slot.load(Ordering::Relaxed), 0)?;
+            if !self.frames.frames_zeroed() {
+                for slot in slots {
+                    self.zero_if_owned(slot.load(Ordering::Relaxed), 0)?;
+                }
             }
             return Ok(());
         }

@@ -976,7 +976,7 @@ fn main() {
     let s = if o.short {
         Sizes { populate_pages: 4096, lazy_pages: 2048, mt_pages: 2048, lookups: 1 << 14 }
     } else {
-        Sizes { populate_pages: 1 << 18, lazy_pages: 1 << 16, mt_pages: 1 << 16, lookups: 1 << 20 }
+        Sizes { populate_pages: 1 << 18, lazy_pages: 1 << 16, mt_pages: 1 << 18, lookups: 1 << 20 }
     };
     let frames = (2 * s.populate_pages).max(2 * s.mt_pages) + SLACK_FRAMES;
     let t_all = Instant::now();
