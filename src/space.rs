@@ -22,7 +22,7 @@ use crate::format::{self, Entry, Format, FormatKind, level_size, with_format};
 use crate::hooks::Hooks;
 use crate::region::{Backend, Region, RegionSet};
 use crate::stats::{Counters, Stats};
-use crate::sync::{RwLock, WriteGuard};
+use crate::sync::RwLock;
 use crate::table::{TablePool, Walker};
 
 /// Highest host-physical address + 1 a linear mapping may reach.
@@ -160,11 +160,6 @@ impl AddrSpace {
         }
     }
 
-    /// Takes the lock exclusively (a stream of faults cannot starve it).
-    fn lock_exclusive(&self) -> WriteGuard<'_, RegionSet> {
-        self.regions.write()
-    }
-
     /// The walker, for unit tests.
     #[cfg(test)]
     pub fn test_walker<F: Format>(&self) -> Walker<'_, F> {
@@ -209,7 +204,7 @@ impl AddrSpace {
         if !r.flags.contains(Flags::READ) {
             return Err(Error::Invalid);
         }
-        let mut regions = self.lock_exclusive();
+        let mut regions = self.regions.write();
         if regions.overlaps(r.start, r.end) {
             return Err(Error::Exists);
         }
@@ -268,7 +263,7 @@ impl AddrSpace {
     /// then gives back the frames and emptied tables.
     pub fn unmap(&self, gpa: u64, size: u64) -> Result {
         let (start, end) = self.config.range(gpa, size)?;
-        let mut regions = self.lock_exclusive();
+        let mut regions = self.regions.write();
         if !regions.overlaps(start, end) {
             return Ok(());
         }
@@ -443,7 +438,7 @@ impl AddrSpace {
             }
         }
         // Slow path: populate the holes, exclusively, then copy.
-        let regions = self.lock_exclusive();
+        let regions = self.regions.write();
         with_format!(self.config.format, F => {
             self.check_copy_range::<F>(&regions, start, end, false)?;
             self.fill_holes::<F>(&regions, start, end)
@@ -469,17 +464,21 @@ impl AddrSpace {
     /// all or nothing (write lock held).
     fn fill_holes<F: Format>(&self, regions: &RegionSet, start: Gpa, end: Gpa) -> Result {
         let w = self.walker::<F>();
-        let prepared = regions.for_each_in(start, end, |r| {
-            if r.backend != Backend::Alloc {
-                return Ok(());
-            }
+        let alloc_parts = |f: &mut dyn FnMut(Region) -> Result| {
+            regions.for_each_in(start, end, |r| match r.backend {
+                Backend::Alloc => f(r),
+                Backend::Linear { .. } => Ok(()),
+            })
+        };
+        let prepared = alloc_parts(&mut |r| {
             let mut src = Populate::<F, true>::new(r.flags.to_mapping());
             w.prepare_range(r.start, r.end, &mut src)
         });
         match prepared {
-            Ok(()) => regions.for_each_in(start, end, |r| w.commit_range(r.start, r.end)),
+            Ok(()) => alloc_parts(&mut |r| w.commit_range(r.start, r.end)),
             Err(e) => {
-                let _ = regions.for_each_in(start, end, |r| w.rollback_range(r.start, r.end));
+                // Rollback fails only on a broken invariant; the first error wins.
+                let _ = alloc_parts(&mut |r| w.rollback_range(r.start, r.end));
                 Err(e)
             }
         }

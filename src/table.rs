@@ -5,9 +5,11 @@
 //! space's *shared* lock) and the hardware sets accessed/dirty bits at any
 //! time. The rules, after KVM's TDP MMU and Hafnium:
 //!
-//! - **Concurrent paths** (fault, write-populate's fast path, translate) only
-//!   ever turn an empty entry into a present one, with compare-exchange. A
-//!   table that loses the race was never visible and goes straight back.
+//! - **Concurrent paths** (fault; translate and copies only read) only ever
+//!   turn an empty entry into a present one, with compare-exchange, using
+//!   tables and a frame obtained before the first one is linked (so a failed
+//!   allocation changes nothing). A table that loses a race was never visible
+//!   and goes back unseen.
 //! - **Exclusive paths** (map, unmap; write-locked) **prepare, then commit**.
 //!   Map prepares every entry it will add as a *parked* (non-present) entry and
 //!   builds new subtrees detached from the live table, so a failure is undone
