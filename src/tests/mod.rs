@@ -195,6 +195,8 @@ fn region_set_reserve_fails_cleanly() {
     assert!(set.reserve(pool.hooks(), 1).is_err());
     assert_eq!(pool.in_use(), 0);
     assert!(set.reserve(pool.hooks(), MAX_REGIONS + 1).is_err());
+    // The README promises this limit.
+    assert_eq!(MAX_REGIONS, 6528);
 }
 
 // --- address space -------------------------------------------------------
