@@ -3,6 +3,7 @@
 //! the pieces: entry encodings, the region set, the walker's split planning,
 //! and the address space's bookkeeping.
 
+mod model;
 mod pool;
 
 use page_table_multiarch::{GenericPTE, MappingFlags};
