@@ -22,9 +22,6 @@ type FreeContigFn = unsafe extern "C" fn(*mut c_void, u64, u32);
 /// Highest host-physical address any supported format can express (52 bits).
 const HPA_LIMIT: u64 = 1 << 52;
 
-/// Largest `alloc_contig` order the library asks for (2^9 frames = 2 MiB).
-pub const MAX_CONTIG_ORDER: u32 = 9;
-
 /// The validated hooks of one address space.
 #[derive(Clone, Copy)]
 pub struct Hooks {
@@ -105,11 +102,6 @@ impl Hooks {
     pub unsafe fn free_frame(&self, hpa: Hpa) {
         // SAFETY: valid hook per `from_c`; ownership per this function's contract.
         unsafe { (self.free_frame)(self.ctx, hpa.as_u64()) }
-    }
-
-    /// True if the host can supply naturally aligned contiguous blocks.
-    pub fn has_contig(&self) -> bool {
-        self.alloc_contig.is_some()
     }
 
     /// Obtains `2^order` contiguous frames aligned to their size.

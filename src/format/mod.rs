@@ -146,13 +146,6 @@ impl FormatKind {
             Self::X86Npt => npt::Npt::GPA_BITS,
         }
     }
-    /// Root size as a power-of-two number of frames.
-    pub const fn root_order(self) -> u32 {
-        match self {
-            Self::X86Ept => ept::Ept::ROOT_ORDER,
-            Self::X86Npt => npt::Npt::ROOT_ORDER,
-        }
-    }
 }
 
 /// Calls `$body` with `$F` bound to the format type of `$kind`, so operations
