@@ -178,7 +178,9 @@ struct axalloc_hooks {
    * Required. The host's virtual address of the frame at `hpa` (frames
    * from `alloc_frame`, and the host-physical ranges of linear regions
    * that `axalloc_read`/`axalloc_write` copy through). Never NULL for
-   * those; 8-byte aligned for a frame start.
+   * those; page-aligned for a frame's first byte (the library keeps its own
+   * state, 128-byte aligned, in one of its frames); the same address for a
+   * frame for as long as the library holds it.
    */
   void *(*phys_to_virt)(void *ctx, uint64_t hpa);
   /**

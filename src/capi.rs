@@ -116,7 +116,9 @@ pub struct axalloc_hooks {
     /// Required. The host's virtual address of the frame at `hpa` (frames
     /// from `alloc_frame`, and the host-physical ranges of linear regions
     /// that `axalloc_read`/`axalloc_write` copy through). Never NULL for
-    /// those; 8-byte aligned for a frame start.
+    /// those; page-aligned for a frame's first byte (the library keeps its own
+    /// state, 128-byte aligned, in one of its frames); the same address for a
+    /// frame for as long as the library holds it.
     pub phys_to_virt: Option<unsafe extern "C" fn(ctx: *mut c_void, hpa: u64) -> *mut c_void>,
     /// Optional. Invalidates every cached stage-2 translation of
     /// `[gpa, gpa + size)` on every CPU that may hold one (INVEPT, NPT ASID
