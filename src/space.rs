@@ -83,11 +83,21 @@ pub struct AddrSpace {
     /// The frame this object lives in.
     home: Hpa,
     root: Hpa,
+    /// The root's host-virtual address (resolved once; walks start there).
+    root_virt: NonNull<u8>,
     counters: Counters,
     regions: RwLock<RegionSet>,
 }
 
 const _: () = assert!(core::mem::size_of::<AddrSpace>() <= FRAME_SIZE);
+
+// SAFETY: shared state is atomics (table entries, counters, lock shards) or
+// behind the lock (the region set); `root_virt` points into the root frame,
+// which the space owns for its whole life and only accesses atomically; the
+// hooks are callable from any thread by contract.
+unsafe impl Sync for AddrSpace {}
+// SAFETY: as above; nothing is tied to the creating thread.
+unsafe impl Send for AddrSpace {}
 
 impl AddrSpace {
     /// Creates an address space in a frame from the hooks, with an empty root
@@ -116,11 +126,23 @@ impl AddrSpace {
                 return Err(e);
             }
         };
+        let root_virt = match hooks.virt(root) {
+            Ok(v) => v,
+            Err(e) => {
+                // SAFETY: both obtained above, never shown to hardware.
+                unsafe {
+                    hooks.free_frame(root);
+                    hooks.free_frame(home);
+                }
+                return Err(e);
+            }
+        };
         let space = AddrSpace {
             hooks,
             config,
             home,
             root,
+            root_virt,
             counters,
             regions: RwLock::new(RegionSet::new()),
         };
@@ -170,7 +192,7 @@ impl AddrSpace {
         Walker::new(
             &self.hooks,
             &self.counters,
-            self.root,
+            (self.root, self.root_virt),
             self.config.frames_zeroed,
         )
     }

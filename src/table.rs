@@ -20,6 +20,7 @@
 //! - The tables themselves are the only record: no side lists, no allocator.
 
 use core::marker::PhantomData;
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::addr::{FRAME_SIZE, Gpa, Hpa};
@@ -112,6 +113,9 @@ impl TablePool {
 pub struct Walker<'a, F: Format> {
     frames: Frames<'a>,
     root: Hpa,
+    /// The root's host-virtual address, resolved once per address space: every
+    /// walk starts there, and `phys_to_virt` is stable for held frames.
+    root_virt: NonNull<u8>,
     _format: PhantomData<F>,
 }
 
@@ -138,10 +142,16 @@ impl<'a, F: Format> Walker<'a, F> {
     const TOP: usize = F::LEVELS - 1;
 
     /// A walker over the table rooted at `root`.
-    pub fn new(hooks: &'a Hooks, counters: &'a Counters, root: Hpa, frames_zeroed: bool) -> Self {
+    pub fn new(
+        hooks: &'a Hooks,
+        counters: &'a Counters,
+        (root, root_virt): (Hpa, NonNull<u8>),
+        frames_zeroed: bool,
+    ) -> Self {
         Self {
             frames: Frames::new(hooks, counters, frames_zeroed),
             root,
+            root_virt,
             _format: PhantomData,
         }
     }
@@ -164,7 +174,12 @@ impl<'a, F: Format> Walker<'a, F> {
     /// `phys_to_virt` call per table visited, not per entry.
     #[inline]
     fn view(&self, table: Hpa, level: usize) -> Result<&[AtomicU64]> {
-        let base = self.frames.hooks().virt(table)?.cast::<AtomicU64>();
+        let base = if table == self.root {
+            self.root_virt
+        } else {
+            self.frames.hooks().virt(table)?
+        }
+        .cast::<AtomicU64>();
         // SAFETY: `table` is a table frame this address space owns (reachable
         // from the root, or just allocated), `entries(level)` long, 8-byte
         // aligned (`Hooks::virt` checks); table frames are freed only under
