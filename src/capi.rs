@@ -327,8 +327,10 @@ pub unsafe extern "C" fn axalloc_as_stats(
 /// - `flags`: `AXALLOC_READ` required, plus any of WRITE, EXEC, DEVICE.
 /// - Errors: `AXALLOC_ERR_INVALID` (NULL, unaligned, empty, overflowing,
 ///   outside the window, no READ, unknown bits), `AXALLOC_ERR_EXISTS`
-///   (overlaps a region), `AXALLOC_ERR_NO_MEMORY` (everything this call took
-///   has been given back; the address space is exactly as before).
+///   (overlaps a region), `AXALLOC_ERR_NO_MEMORY` (a hook could not supply
+///   a frame, or the address space already holds its maximum of 6,528
+///   regions; everything this call took has been given back and the address
+///   space is exactly as before).
 /// - Thread-safe; excludes every other call on `as` while it runs. Never
 ///   calls `flush_tlb`.
 ///
