@@ -220,33 +220,17 @@ impl<'a, F: Format> Walker<'a, F> {
 
     /// The present leaf mapping `gpa`: its raw bits and level.
     pub fn lookup(&self, gpa: Gpa) -> Result<Option<(u64, usize)>> {
-        let gpa = gpa.as_usize();
-        if gpa >> F::GPA_BITS != 0 {
+        if gpa.as_usize() >> F::GPA_BITS != 0 {
             return Ok(None);
         }
-        let mut table = self.root;
-        let mut level = Self::TOP;
-        loop {
-            let raw = self
-                .slot(table, level, gpa >> (12 + 9 * level))?
-                .load(Ordering::Acquire);
-            match format::decode::<F>(raw, level) {
-                Entry::Table(next) if level > 0 => {
-                    table = next;
-                    level -= 1;
-                }
-                Entry::Leaf { .. } => return Ok(Some((raw, level))),
-                _ => return Ok(None),
-            }
-        }
+        let (_, raw, level) = self.descend(gpa)?;
+        Ok(matches!(format::decode::<F>(raw, level), Entry::Leaf { .. }).then_some((raw, level)))
     }
 
-    // ----------------------------------------------------------------------
-    // Concurrent install (shared lock)
-    // ----------------------------------------------------------------------
-
-    /// What a fault at `gpa` finds, in one walk.
-    pub fn probe(&self, gpa: Gpa) -> Result<Probe<'_>> {
+    /// Walks from the root towards `gpa` through present tables and stops at
+    /// the first entry that is not one: a leaf, an empty entry, or the 4 KiB
+    /// entry. Returns that entry, the value read and its level. Read-only.
+    fn descend(&self, gpa: Gpa) -> Result<(&AtomicU64, u64, usize)> {
         let gpa = gpa.as_usize();
         let mut table = self.root;
         let mut level = Self::TOP;
@@ -258,11 +242,24 @@ impl<'a, F: Format> Walker<'a, F> {
                     table = next;
                     level -= 1;
                 }
-                Entry::Leaf { .. } => return Ok(Probe::Present),
-                Entry::Empty if level == 0 => return Ok(Probe::Slot(slot, raw)),
-                Entry::Empty => return Ok(Probe::Missing(level)),
-                _ => return Err(Error::Internal),
+                _ => return Ok((slot, raw, level)),
             }
+        }
+    }
+
+    // ----------------------------------------------------------------------
+    // Concurrent install (shared lock)
+    // ----------------------------------------------------------------------
+
+    /// What a fault at `gpa` finds, in one walk.
+    pub fn probe(&self, gpa: Gpa) -> Result<Probe<'_>> {
+        let (slot, raw, level) = self.descend(gpa)?;
+        match format::decode::<F>(raw, level) {
+            Entry::Leaf { .. } => Ok(Probe::Present),
+            Entry::Empty if level == 0 => Ok(Probe::Slot(slot, raw)),
+            Entry::Empty => Ok(Probe::Missing(level)),
+            // A parked entry outside an exclusive operation.
+            _ => Err(Error::Internal),
         }
     }
 
