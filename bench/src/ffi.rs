@@ -30,6 +30,7 @@ pub struct Hooks {
     pub flush_tlb: Option<unsafe extern "C" fn(*mut c_void, u64, u64)>,
     pub alloc_contig: Option<unsafe extern "C" fn(*mut c_void, u32, *mut u64) -> i32>,
     pub free_contig: Option<unsafe extern "C" fn(*mut c_void, u64, u32)>,
+    pub relax: Option<unsafe extern "C" fn(*mut c_void)>,
 }
 
 #[repr(C)]
@@ -54,6 +55,7 @@ extern "C" {
     pub fn axalloc_as_root(a: *const As) -> u64;
     pub fn axalloc_as_stats(a: *const As, out: *mut Stats) -> i32;
     pub fn axalloc_map_alloc(a: *mut As, gpa: u64, size: u64, flags: u32, populate: bool) -> i32;
+    pub fn axalloc_map_linear(a: *mut As, gpa: u64, hpa: u64, size: u64, flags: u32) -> i32;
     pub fn axalloc_unmap(a: *mut As, gpa: u64, size: u64) -> i32;
     pub fn axalloc_handle_fault(a: *mut As, gpa: u64, access: u32) -> i32;
     pub fn axalloc_translate(a: *const As, gpa: u64, hpa_out: *mut u64, size_out: *mut u64) -> i32;

@@ -1,10 +1,16 @@
-//! libaxalloc vs axaddrspace 0.3.0: the workloads of issue 4, on one frame pool.
+//! libaxalloc vs axaddrspace 0.3.0: the workloads of issue 4, on one frame pool,
+//! and the kernel-grade rows of issue 7 (7a-7c, libaxalloc only).
 //!
 //! Usage: axalloc-bench [--short] [--reps N] [--only LIST] [--side ax|peer|both]
 //!   --short       CI mode: small sizes, correctness checks, no timing asserted
 //!                 (also AXALLOC_BENCH_SHORT=1)
-//!   --reps N      repetitions per measurement (median is reported)
-//!   --only LIST   comma-separated subset of: populate,lazy,translate,unmap,threads,floor
+//!   --reps N      measured rounds per row (default 6, short 2), after one
+//!                 discarded warm-up round; libaxalloc and the peer alternate
+//!                 in ABBA order; median (min–max) is reported
+//!
+//! Method: the main thread is pinned to the first allowed CPU (second
+//! thread of rows 5 and 7 to the next one); /proc/cpuinfo model is printed.
+//!   --only LIST   comma-separated subset of: populate,lazy,translate,unmap,threads,floor,kernel
 //!   --side S      run only one implementation (for perf / callgrind)
 //!
 //! Everything is reported in ns per 4 KiB page (translate: ns per lookup);
@@ -109,14 +115,14 @@ impl Opts {
                     }
                 }
                 "-h" | "--help" => {
-                    println!("usage: axalloc-bench [--short] [--reps N] [--only populate,lazy,translate,unmap,threads,floor] [--side ax|peer|both] [--variant zeroing|prezeroed]");
+                    println!("usage: axalloc-bench [--short] [--reps N] [--only populate,lazy,translate,unmap,threads,floor,kernel] [--side ax|peer|both] [--variant zeroing|prezeroed]");
                     std::process::exit(0);
                 }
                 _ => panic!("unknown argument {a} (try --help)"),
             }
         }
         if o.reps == 0 {
-            o.reps = if o.short { 2 } else { 5 };
+            o.reps = if o.short { 2 } else { 6 };
         }
         o
     }
@@ -161,18 +167,55 @@ impl Checks {
 /// One line of the results table.
 struct Row {
     name: String,
-    ax: Option<f64>,
-    peer: Option<f64>,
+    ax: Option<Stat>,
+    peer: Option<Stat>,
     note: String,
 }
 
-fn median(v: &mut [f64]) -> Option<f64> {
+/// Median, min and max of the measured rounds of one row.
+#[derive(Clone, Copy, Debug)]
+struct Stat {
+    med: f64,
+    min: f64,
+    max: f64,
+}
+
+/// Ratio of medians.
+impl std::ops::Div for Stat {
+    type Output = f64;
+    fn div(self, o: Stat) -> f64 {
+        self.med / o.med
+    }
+}
+
+/// Round 0 of every measurement loop is a warm-up: dropped here (when there
+/// is more than one round); the rest gives median, min and max.
+fn median(v: &mut Vec<f64>) -> Option<Stat> {
+    if v.len() > 1 {
+        v.remove(0);
+    }
+    median_all(v)
+}
+
+/// Median, min and max of every value (no warm-up dropped).
+fn median_all(v: &mut [f64]) -> Option<Stat> {
     if v.is_empty() {
         return None;
     }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+    let med = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    Some(Stat { med, min: v[0], max: v[n - 1] })
+}
+
+/// ABBA order: libaxalloc first in even rounds, the peer first in odd ones
+/// (round 0, the warm-up, included), so neither side always runs cold.
+fn turns(rep: usize) -> [bool; 2] {
+    if rep % 2 == 0 {
+        [true, false]
+    } else {
+        [false, true]
+    }
 }
 
 fn per(ns: std::time::Duration, n: usize) -> f64 {
@@ -263,6 +306,7 @@ fn ax_hooks(p: &Pool) -> Hooks {
         flush_tlb: Some(pool::hook_flush),
         alloc_contig: None,
         free_contig: None,
+        relax: None,
     }
 }
 
@@ -372,7 +416,7 @@ impl Bench {
         );
     }
 
-    fn row(&mut self, name: impl Into<String>, ax: Option<f64>, peer: Option<f64>, note: impl Into<String>) {
+    fn row(&mut self, name: impl Into<String>, ax: Option<Stat>, peer: Option<Stat>, note: impl Into<String>) {
         self.rows.push(Row { name: name.into(), ax, peer, note: note.into() });
     }
 
@@ -384,7 +428,7 @@ impl Bench {
     // 1. eager populate
     // -----------------------------------------------------------------------
 
-    fn populate(&mut self, p: &Pool) -> [(Option<f64>, Option<f64>); 2] {
+    fn populate(&mut self, p: &Pool) -> [(Option<Stat>, Option<Stat>); 2] {
         let pages = self.s.populate_pages;
         let bytes = (pages * FRAME) as u64;
         let mut out = [(None, None); 2];
@@ -392,8 +436,9 @@ impl Bench {
             let vi = z as usize;
             let (mut ax, mut peer) = (vec![], vec![]);
             let (mut ax_tables, mut peer_tables) = (0usize, 0usize);
-            for rep in 0..self.o.reps {
-                if self.o.ax() {
+            for rep in 0..self.o.reps + 1 {
+                for ax_turn in turns(rep) {
+                    if ax_turn && self.o.ax() {
                     self.prepare(p, z);
                     let s = ax_space(p, z);
                     perf(true);
@@ -417,7 +462,7 @@ impl Bench {
                     drop(s);
                     self.check_pool_empty(p, "ax populate + destroy");
                 }
-                if self.o.peer() {
+                if !ax_turn && self.o.peer() {
                     self.prepare(p, z);
                     let dt = match z {
                         Zero::Zeroing => self.peer_populate::<pool::PeerHalZeroing>(p, pages, rep == 0, &mut peer_tables),
@@ -425,6 +470,7 @@ impl Bench {
                     };
                     peer.push(dt);
                     self.check_pool_empty(p, "peer populate + drop");
+                }
                 }
             }
             let (a, b) = (median(&mut ax), median(&mut peer));
@@ -482,8 +528,9 @@ impl Bench {
             for (oname, order) in [("address order", &seq), ("random order", &rand)] {
                 let (mut ax_map, mut ax_fault, mut ax_tot) = (vec![], vec![], vec![]);
                 let (mut pe_map, mut pe_fault, mut pe_tot) = (vec![], vec![], vec![]);
-                for rep in 0..self.o.reps {
-                    if self.o.ax() {
+                for rep in 0..self.o.reps + 1 {
+                    for ax_turn in turns(rep) {
+                        if ax_turn && self.o.ax() {
                         self.prepare(p, z);
                         let s = ax_space(p, z);
                         perf(true);
@@ -521,7 +568,7 @@ impl Bench {
                         drop(s);
                         self.check_pool_empty(p, "ax lazy + destroy");
                     }
-                    if self.o.peer() {
+                    if !ax_turn && self.o.peer() {
                         self.prepare(p, z);
                         let (m, f) = match z {
                             Zero::Zeroing => self.peer_lazy::<pool::PeerHalZeroing>(pages, order, rep == 0),
@@ -531,6 +578,7 @@ impl Bench {
                         pe_fault.push(f);
                         pe_tot.push(m + f);
                         self.check_pool_empty(p, "peer lazy + drop");
+                    }
                     }
                 }
                 let mb = bytes >> 20;
@@ -575,7 +623,7 @@ impl Bench {
         (per(t1 - t0, pages), per(t2 - t1, pages))
     }
 
-    fn ratio_target(&mut self, name: &str, ax: Option<f64>, peer: Option<f64>, speedup: f64) {
+    fn ratio_target(&mut self, name: &str, ax: Option<Stat>, peer: Option<Stat>, speedup: f64) {
         match (ax, peer) {
             (Some(a), Some(b)) => {
                 let s = b / a;
@@ -617,8 +665,9 @@ impl Bench {
         let mut t_walk_call = [vec![], vec![]];
         let mut sums = [[0u64; 3]; 2];
         perf(true);
-        for _ in 0..self.o.reps {
-            if let Some(s) = &ax {
+        for rep in 0..self.o.reps + 1 {
+            for ax_turn in turns(rep) {
+                if let (true, Some(s)) = (ax_turn, &ax) {
                 let t = Instant::now();
                 let mut acc = 0u64;
                 for &g in &gpas {
@@ -627,7 +676,7 @@ impl Bench {
                 t_ax.push(per(t.elapsed(), n));
                 sums[0][0] = black_box(acc);
             }
-            if let Some(a) = &peer {
+            if let (false, Some(a)) = (ax_turn, &peer) {
                 let t = Instant::now();
                 let mut acc = 0u64;
                 for &g in &gpas {
@@ -637,6 +686,7 @@ impl Bench {
                 }
                 t_peer.push(per(t.elapsed(), n));
                 sums[1][0] = black_box(acc);
+            }
             }
             let roots = [
                 ax.as_ref().map(|s| s.root()),
@@ -673,9 +723,9 @@ impl Bench {
         self.check_pool_empty(p, "translate + destroy");
         let (a, b) = (median(&mut t_ax), median(&mut t_peer));
         self.row(format!("3. translate, random in {} MiB (ns/lookup)", bytes >> 20), a, b, "");
-        let [wa, wb] = t_walk_inline.each_mut().map(|v| median(v));
+        let [wa, wb] = t_walk_inline.each_mut().map(median);
         self.row("3. plain 4-level walk, inlined (ns/lookup)", wa, wb, "same addresses, each side's own table");
-        let [ca, cb] = t_walk_call.each_mut().map(|v| median(v));
+        let [ca, cb] = t_walk_call.each_mut().map(median);
         self.row("3. plain 4-level walk behind a C call (ns/lookup)", ca, cb, "same, as a non-inlined extern \"C\" fn");
         match (a, wa, ca) {
             (Some(a), Some(w), Some(c)) => self.target(
@@ -697,8 +747,9 @@ impl Bench {
         let bytes = pages * FRAME;
         let (mut ax, mut peer) = (vec![], vec![]);
         let (mut ax_left, mut peer_left) = (None, None);
-        for rep in 0..self.o.reps {
-            if self.o.ax() {
+        for rep in 0..self.o.reps + 1 {
+            for ax_turn in turns(rep) {
+                if ax_turn && self.o.ax() {
                 self.prepare(p, Zero::Zeroing);
                 let s = ax_space(p, Zero::Zeroing);
                 // SAFETY: live handle.
@@ -732,7 +783,7 @@ impl Bench {
                 drop(s);
                 self.check_pool_empty(p, "ax unmap + destroy");
             }
-            if self.o.peer() {
+            if !ax_turn && self.o.peer() {
                 self.prepare(p, Zero::Zeroing);
                 let mut a = peer_space::<pool::PeerHalZeroing>();
                 a.map_alloc(GuestPhysAddr::from(GPA as usize), bytes, PEER_RWX, true).expect("peer populate");
@@ -745,6 +796,7 @@ impl Bench {
                 peer_left = Some(p.in_use() as u64);
                 drop(a);
                 self.check_pool_empty(p, "peer unmap + drop");
+            }
             }
         }
         let (a, b) = (median(&mut ax), median(&mut peer));
@@ -773,7 +825,7 @@ impl Bench {
         let bytes = (pages * FRAME) as u64;
         for z in self.o.variants() {
             let mut res = [vec![], vec![]];
-            for rep in 0..self.o.reps {
+            for rep in 0..self.o.reps + 1 {
                 for nt in [1usize, 2] {
                     mt.reset();
                     if z == Zero::Prezeroed {
@@ -790,6 +842,7 @@ impl Bench {
                         flush_tlb: Some(pool::mt_hook_flush),
                         alloc_contig: None,
                         free_contig: None,
+                        relax: None,
                     };
                     let s = Space::create(&hooks, z.ax_flags(), WIN_BASE, WIN_SIZE);
                     // SAFETY: live handle.
@@ -801,6 +854,7 @@ impl Bench {
                             .map(|t| {
                                 let (s, barrier) = (&s, &barrier);
                                 sc.spawn(move || {
+                                    pin(t);
                                     pool::set_thread_sub(t);
                                     let (lo, hi) = (t * pages / nt, (t + 1) * pages / nt);
                                     barrier.wait();
@@ -859,7 +913,7 @@ impl Bench {
     // 6. the floor: memset of the same bytes
     // -----------------------------------------------------------------------
 
-    fn floor(&mut self) -> (Option<f64>, Option<f64>) {
+    fn floor(&mut self) -> (Option<Stat>, Option<Stat>) {
         let pages = self.s.populate_pages;
         let len = pages * FRAME;
         let base = self.map.ptr;
@@ -867,7 +921,7 @@ impl Bench {
         let (mut bulk, mut each, mut nt) = (vec![], vec![], vec![]);
         let (mut stosb, mut nt32) = (vec![], vec![]);
         let avx2 = std::arch::is_x86_feature_detected!("avx2");
-        for _ in 0..self.o.reps {
+        for _rep in 0..self.o.reps + 1 {
             let t = Instant::now();
             // SAFETY: inside the mapping.
             unsafe { black_box(memset)(base.cast(), 0, len) };
@@ -912,6 +966,277 @@ impl Bench {
         self.row(format!("6. floor: non-temporal AVX2 stores, 4 KiB at a time, {mb} MiB"), median(&mut nt32), None, "vmovntdq 32 B, one sfence at the end");
         self.row(format!("6. floor: rep stosb, 4 KiB at a time, {mb} MiB"), median(&mut stosb), None, "ERMS/FSRM string store");
         (b, e)
+    }
+
+    // -----------------------------------------------------------------------
+    // 7. kernel-grade core (issue 7): populate vs memset, fault latency
+    //    during a populate, translate progress during map/unmap
+    // -----------------------------------------------------------------------
+
+    fn mt_hooks(mt: &MtPool) -> Hooks {
+        Hooks {
+            ctx: mt as *const MtPool as *mut _,
+            alloc_frame: Some(pool::mt_hook_alloc),
+            free_frame: Some(pool::mt_hook_free),
+            phys_to_virt: Some(pool::mt_hook_virt),
+            flush_tlb: Some(pool::mt_hook_flush),
+            alloc_contig: None,
+            free_contig: None,
+            relax: None,
+        }
+    }
+
+    /// 7a. populate with zeroing (the shipped, kernel-safe archive) against
+    /// one bulk memset of the same bytes, interleaved ABBA.
+    fn kernel_populate(&mut self, p: &Pool) {
+        if !self.o.ax() {
+            return;
+        }
+        let pages = self.s.populate_pages;
+        let bytes = pages * FRAME;
+        let memset: unsafe extern "C" fn(*mut libc::c_void, i32, usize) -> *mut libc::c_void = libc::memset;
+        let (mut ax, mut ms) = (vec![], vec![]);
+        for rep in 0..self.o.reps + 1 {
+            for ax_turn in turns(rep) {
+                self.prepare(p, Zero::Zeroing);
+                if ax_turn {
+                    let s = ax_space(p, Zero::Zeroing);
+                    let t = Instant::now();
+                    // SAFETY: live handle.
+                    let rc = unsafe { ffi::axalloc_map_alloc(s.0, GPA, bytes as u64, AX_RWX, true) };
+                    let dt = t.elapsed();
+                    ffi::ok(rc, "populate");
+                    ax.push(per(dt, pages));
+                    self.checks.check(s.stats().guest_frames == pages as u64, "7a: populate guest_frames");
+                    drop(s);
+                    self.check_pool_empty(p, "7a populate + destroy");
+                } else {
+                    // The frames the populate gets: the pool hands out from frame 0 up.
+                    let t = Instant::now();
+                    // SAFETY: inside the mapping.
+                    unsafe { black_box(memset)(self.map.ptr.cast(), 0, bytes) };
+                    ms.push(per(t.elapsed(), pages));
+                }
+            }
+        }
+        let (a, m) = (median(&mut ax), median(&mut ms));
+        let mb = bytes >> 20;
+        self.row(format!("7a. populate {mb} MiB with zeroing (shipped archive)"), a, None, "ABBA with the memset row");
+        self.row(format!("7a. one bulk memset of {mb} MiB"), m, None, "the floor, same bytes");
+        if let (Some(a), Some(m)) = (a, m) {
+            self.target(
+                "7a. populate with zeroing ≤ 1.1× one bulk memset",
+                format!("{:.2}× (medians; min/min {:.2}×)", a / m, a.min / m.min),
+                "≤ 1.1×",
+                Some(a / m <= 1.1),
+            );
+        }
+    }
+
+    /// 7b. Latency of a spurious fault (present page, another region) on one
+    /// thread while a second thread populates `mt_pages` pages.
+    fn kernel_fault_latency(&mut self, mt: &MtPool) {
+        if !self.o.ax() {
+            return;
+        }
+        use std::sync::atomic::{AtomicBool, Ordering::*};
+        let pages = self.s.mt_pages;
+        let bytes = (pages * FRAME) as u64;
+        let other = GPA + (4u64 << 30);
+        let limit = std::time::Duration::from_secs(if self.o.short { 5 } else { 20 });
+        let (mut p99s, mut maxs, mut counts, mut pop_ns) = (vec![], vec![], vec![], vec![]);
+        for _rep in 0..self.o.reps + 1 {
+            mt.reset();
+            if self.o.short {
+                self.map.fill(0, self.map.frames, 0xa5);
+            }
+            pool::set_thread_sub(0);
+            let s = Space::create(&Self::mt_hooks(mt), 0, WIN_BASE, WIN_SIZE);
+            // SAFETY: live handle.
+            ffi::ok(unsafe { ffi::axalloc_map_alloc(s.0, other, FRAME as u64, ffi::READ | ffi::WRITE, true) }, "7b: other region");
+            let done = AtomicBool::new(false);
+            let barrier = std::sync::Barrier::new(2);
+            let (res, pop) = std::thread::scope(|sc| {
+                let (s, done, barrier) = (&s, &done, &barrier);
+                let faulter = sc.spawn(move || {
+                    pin(0);
+                    pool::set_thread_sub(0);
+                    let mut lat: Vec<u32> = Vec::with_capacity(1 << 22);
+                    let mut bad = 0usize;
+                    barrier.wait();
+                    let start = Instant::now();
+                    let mut timed_out = false;
+                    // At least one fault even if the populate ended first (short mode, busy machine).
+                    loop {
+                        let t = Instant::now();
+                        // SAFETY: live handle; faults are concurrent-safe.
+                        let rc = unsafe { ffi::axalloc_handle_fault(s.0, other, ffi::READ) };
+                        let ns = t.elapsed().as_nanos();
+                        bad += (rc != ffi::OK) as usize;
+                        lat.push(ns.min(u32::MAX as u128) as u32);
+                        if done.load(Acquire) {
+                            break;
+                        }
+                        if start.elapsed() > limit {
+                            timed_out = true;
+                            break;
+                        }
+                    }
+                    (lat, bad, timed_out)
+                });
+                let populator = sc.spawn(move || {
+                    pin(1);
+                    pool::set_thread_sub(1);
+                    barrier.wait();
+                    let t = Instant::now();
+                    // SAFETY: live handle.
+                    let rc = unsafe { ffi::axalloc_map_alloc(s.0, GPA, bytes, AX_RWX, true) };
+                    let dt = t.elapsed();
+                    done.store(true, Release);
+                    (rc, dt)
+                });
+                (faulter.join().unwrap(), populator.join().unwrap())
+            });
+            pin(0);
+            pool::set_thread_sub(0);
+            let (mut lat, bad, timed_out) = res;
+            let (rc, dt) = pop;
+            self.checks.check(rc == ffi::OK, format!("7b: populate during faults: {}", ffi::status_str(rc)));
+            self.checks.check(bad == 0, format!("7b: {bad} spurious faults failed"));
+            self.checks.check(!timed_out, format!("7b: faulting thread gave up after {limit:?} (populate starved or stuck)"));
+            self.checks.check(!lat.is_empty(), "7b: the faulting thread completed no fault during the populate");
+            let st = s.stats();
+            self.checks.check(st.guest_frames == pages as u64 + 1, format!("7b: guest_frames {} != {}", st.guest_frames, pages + 1));
+            drop(s);
+            self.checks.check(
+                mt.in_use() == 0 && mt.errors() == 0,
+                format!("7b: {} frames not returned, {} bad frees", mt.in_use(), mt.errors()),
+            );
+            if lat.is_empty() {
+                continue;
+            }
+            lat.sort_unstable();
+            let n = lat.len();
+            p99s.push(lat[(n * 99 / 100).min(n - 1)] as f64);
+            maxs.push(lat[n - 1] as f64);
+            counts.push(n as f64);
+            pop_ns.push(per(dt, pages));
+        }
+        let mb = bytes >> 20;
+        let (p99, mx, cnt, pp) = (median(&mut p99s), median(&mut maxs), median(&mut counts), median(&mut pop_ns));
+        self.row(format!("7b. spurious fault during a {mb} MiB populate: p99 (ns/fault)"), p99, None, "other thread populating; per-round p99");
+        self.row(format!("7b. spurious fault during a {mb} MiB populate: max (ns/fault)"), mx, None, "per-round worst case");
+        self.row("7b. faults completed during the populate (count)", cnt, None, "count, not ns");
+        self.row(format!("7b. the concurrent {mb} MiB populate (ns/page)"), pp, None, "populating thread");
+        if let Some(m) = mx {
+            self.target(
+                "7b. worst-case fault latency during a populate < 1 ms",
+                format!("{:.0} ns worst round, {:.0} ns median round (p99 {:.0} ns)", m.max, m.med, p99.map_or(0.0, |x| x.med)),
+                "< 1,000,000 ns",
+                Some(m.max < 1e6),
+            );
+        }
+    }
+
+    /// 7c. One thread maps (linear) and unmaps a small region in a loop,
+    /// another translates a present page of another region meanwhile.
+    fn kernel_translate_progress(&mut self, mt: &MtPool) {
+        if !self.o.ax() {
+            return;
+        }
+        use std::sync::atomic::{AtomicBool, Ordering::*};
+        let cycles = if self.o.short { 200 } else { 5_000 };
+        let region = 16 * FRAME as u64;
+        let other = GPA + (4u64 << 30);
+        let target_gpa = GPA + (8u64 << 30);
+        let limit = std::time::Duration::from_secs(if self.o.short { 5 } else { 20 });
+        let (mut tr, mut cy, mut cyc_ns, mut tr_ns) = (vec![], vec![], vec![], vec![]);
+        for _rep in 0..self.o.reps + 1 {
+            mt.reset();
+            pool::set_thread_sub(0);
+            let s = Space::create(&Self::mt_hooks(mt), 0, WIN_BASE, WIN_SIZE);
+            // SAFETY: live handle.
+            ffi::ok(unsafe { ffi::axalloc_map_alloc(s.0, other, FRAME as u64, ffi::READ | ffi::WRITE, true) }, "7c: other region");
+            let want = s.translate(other).expect("7c: other region mapped");
+            let stop = AtomicBool::new(false);
+            let barrier = std::sync::Barrier::new(2);
+            let hpa = self.map.phys(self.map.frames - 16);
+            let (r, w) = std::thread::scope(|sc| {
+                let (s, stop, barrier) = (&s, &stop, &barrier);
+                let reader = sc.spawn(move || {
+                    pin(0);
+                    pool::set_thread_sub(0);
+                    barrier.wait();
+                    let t = Instant::now();
+                    let (mut n, mut wrong) = (0u64, 0u64);
+                    let mut timed_out = false;
+                    loop {
+                        wrong += (s.translate(black_box(other)) != Some(want)) as u64;
+                        n += 1;
+                        if stop.load(Acquire) {
+                            break;
+                        }
+                        if n % 1024 == 0 && t.elapsed() > limit {
+                            timed_out = true;
+                            break;
+                        }
+                    }
+                    (n, wrong, timed_out, t.elapsed())
+                });
+                let writer = sc.spawn(move || {
+                    pin(1);
+                    pool::set_thread_sub(1);
+                    barrier.wait();
+                    let t = Instant::now();
+                    let (mut done, mut bad) = (0u64, 0u64);
+                    for _ in 0..cycles {
+                        // SAFETY: live handle.
+                        let rc = unsafe { ffi::axalloc_map_linear(s.0, target_gpa, hpa, region, ffi::READ | ffi::WRITE) };
+                        // SAFETY: live handle.
+                        let rc2 = unsafe { ffi::axalloc_unmap(s.0, target_gpa, region) };
+                        bad += (rc != ffi::OK || rc2 != ffi::OK) as u64;
+                        done += 1;
+                        if t.elapsed() > limit {
+                            break;
+                        }
+                    }
+                    let dt = t.elapsed();
+                    stop.store(true, Release);
+                    (done, bad, dt)
+                });
+                (reader.join().unwrap(), writer.join().unwrap())
+            });
+            pin(0);
+            let (n, wrong, timed_out, rdt) = r;
+            let (done, bad, wdt) = w;
+            self.checks.check(wrong == 0, format!("7c: {wrong} translates of a present page gave a wrong answer"));
+            self.checks.check(bad == 0, format!("7c: {bad} map_linear/unmap cycles failed"));
+            self.checks.check(!timed_out && done == cycles, format!("7c: writer did {done}/{cycles} cycles (time limit {limit:?})"));
+            self.checks.check(n > 0, "7c: no translate completed while the writer ran");
+            self.checks.check(s.stats().regions == 1, "7c: regions after the loop != 1");
+            drop(s);
+            self.checks.check(
+                mt.in_use() == 0 && mt.errors() == 0,
+                format!("7c: {} frames not returned, {} bad frees", mt.in_use(), mt.errors()),
+            );
+            tr.push(n as f64);
+            cy.push(done as f64);
+            cyc_ns.push(per(wdt, done.max(1) as usize));
+            tr_ns.push(per(rdt, n.max(1) as usize));
+        }
+        let (t, c, cn, tn) = (median(&mut tr), median(&mut cy), median(&mut cyc_ns), median(&mut tr_ns));
+        self.row("7c. translates completed during the map/unmap loop (count)", t, None, "reader thread, present page, other region");
+        self.row(format!("7c. map_linear + unmap cycles of 64 KiB completed (count, of {cycles})"), c, None, "writer thread");
+        self.row("7c. one map_linear + unmap cycle (ns/cycle)", cn, None, "writer, with the reader running");
+        self.row("7c. one translate during the loop (ns/lookup, wall / count)", tn, None, "reader");
+        if let Some(t) = t {
+            self.target(
+                "7c. readers progress during map/unmap",
+                format!("{:.0} translates (min {:.0}) during {:.0} cycles", t.med, t.min, c.map_or(0.0, |c| c.med)),
+                "> 0, ideally thousands",
+                Some(t.min > 0.0),
+            );
+        }
     }
 }
 
@@ -971,6 +1296,66 @@ fn fmt_ns(x: Option<f64>) -> String {
     x.map_or("–".into(), |v| if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.1}") })
 }
 
+/// "median (min–max)".
+fn fmt_stat(x: Option<Stat>) -> String {
+    match x {
+        Some(s) => format!("{} ({}–{})", fmt_ns(Some(s.med)), fmt_ns(Some(s.min)), fmt_ns(Some(s.max))),
+        None => "–".into(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// CPU pinning
+// ---------------------------------------------------------------------------
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is valid; pid 0 = this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = core::mem::zeroed();
+        if libc::sched_getaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return vec![];
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+    }
+}
+
+static CPUS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+
+/// Pins the calling thread to the `i`-th allowed CPU (modulo their number);
+/// returns the CPU, or None if pinning failed.
+fn pin(i: usize) -> Option<usize> {
+    let cpus = CPUS.get_or_init(allowed_cpus);
+    if cpus.is_empty() {
+        return None;
+    }
+    let cpu = cpus[i % cpus.len()];
+    // SAFETY: as above.
+    unsafe {
+        let mut set: libc::cpu_set_t = core::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        (libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set) == 0).then_some(cpu)
+    }
+}
+
+/// "model name", "cpu family", "model", "stepping" of the first CPU.
+fn cpu_model() -> String {
+    let c = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |k: &str| {
+        c.lines()
+            .find(|l| l.split(':').next().is_some_and(|n| n.trim() == k))
+            .and_then(|l| l.split_once(':'))
+            .map_or("?".to_owned(), |(_, v)| v.trim().to_owned())
+    };
+    format!(
+        "{} (family {}, model {}, stepping {})",
+        field("model name"),
+        field("cpu family"),
+        field("model"),
+        field("stepping")
+    )
+}
+
 fn main() {
     let o = Opts::parse();
     let s = if o.short {
@@ -983,12 +1368,18 @@ fn main() {
     let map = Mapping::new(frames);
     let mut b = Bench { o, s, map, checks: Checks::default(), rows: vec![], targets: vec![], info: vec![] };
 
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
-        .unwrap_or_default();
-    println!("# libaxalloc vs axaddrspace 0.3.0 ({} mode, {} reps, median)", if b.o.short { "short" } else { "full" }, b.o.reps);
-    println!("# cpu: {cpu}, {} cpus", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!("# cpu: {}", cpu_model());
+    println!(
+        "# libaxalloc vs axaddrspace 0.3.0 ({} mode; 1 warm-up round discarded, then {} rounds in ABBA order; median (min–max))",
+        if b.o.short { "short" } else { "full" },
+        b.o.reps
+    );
+    let main_cpu = pin(0);
+    println!(
+        "# cpus allowed {:?}; main thread pinned to cpu {}, second thread (rows 5, 7) to the next allowed cpu",
+        CPUS.get().cloned().unwrap_or_default(),
+        main_cpu.map_or("? (pinning failed)".into(), |c| c.to_string())
+    );
     println!("# libaxalloc archive: {}", env!("AXALLOC_ARCHIVE"));
     println!(
         "# frame pool: {} MiB at HPA {:#x}, THP-backed: {} MiB",
@@ -1021,6 +1412,12 @@ fn main() {
     if b.o.wants("floor") {
         fl = b.floor();
     }
+    if b.o.wants("kernel") {
+        b.kernel_populate(&p);
+        let mt = MtPool::new(&b.map, b.o.short);
+        b.kernel_fault_latency(&mt);
+        b.kernel_translate_progress(&mt);
+    }
 
     // Targets that combine several workloads.
     if b.o.wants("populate") {
@@ -1040,14 +1437,14 @@ fn main() {
     }
 
     println!();
-    println!("| workload | libaxalloc ns/page | peer ns/page | ax / peer | speed-up | note |");
+    println!("| workload | libaxalloc ns/page median (min–max) | peer ns/page median (min–max) | ax / peer (medians) | speed-up | note |");
     println!("|---|---:|---:|---:|---:|---|");
     for r in &b.rows {
         let (ratio, speed) = match (r.ax, r.peer) {
             (Some(a), Some(p)) => (format!("{:.2}", a / p), format!("{:.2}×", p / a)),
             _ => ("–".into(), "–".into()),
         };
-        println!("| {} | {} | {} | {ratio} | {speed} | {} |", r.name, fmt_ns(r.ax), fmt_ns(r.peer), r.note);
+        println!("| {} | {} | {} | {ratio} | {speed} | {} |", r.name, fmt_stat(r.ax), fmt_stat(r.peer), r.note);
     }
     if !b.info.is_empty() {
         println!();
