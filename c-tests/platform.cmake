@@ -326,7 +326,7 @@ static void bm_flush(void *ctx, uint64_t gpa, uint64_t size) {
 
 int bm_main(void);
 int bm_main(void) {
-  axalloc_hooks_t h = {0, bm_alloc, bm_free, bm_p2v, bm_flush, 0, 0};
+  axalloc_hooks_t h = {0, bm_alloc, bm_free, bm_p2v, bm_flush, 0, 0, 0};
   axalloc_config_t cfg = {AXALLOC_FORMAT_X86_EPT, 0, 0, 1ull << 32};
   axalloc_as_t *as = 0;
   axalloc_stats_t st;

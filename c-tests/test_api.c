@@ -28,7 +28,8 @@ _Static_assert(offsetof(axalloc_hooks_t, ctx) == 0 &&
                    offsetof(axalloc_hooks_t, phys_to_virt) == 3 * sizeof(void *) &&
                    offsetof(axalloc_hooks_t, flush_tlb) == 4 * sizeof(void *) &&
                    offsetof(axalloc_hooks_t, alloc_contig) == 5 * sizeof(void *) &&
-                   offsetof(axalloc_hooks_t, free_contig) == 6 * sizeof(void *),
+                   offsetof(axalloc_hooks_t, free_contig) == 6 * sizeof(void *) &&
+                   offsetof(axalloc_hooks_t, relax) == 7 * sizeof(void *),
                "hooks layout");
 
 /* NULL as: every entry point answers INVALID (root: 0, destroy: no-op) and

@@ -226,7 +226,7 @@ static void as_root_nonzero_and_constant(void) {
     CHECK_EQ_U64(th_stats(&f).table_frames, 1);
     const uint64_t *t = th_virt(f.pool, root);
     int present = 0;
-    for (int i = 0; t && i < 512; i++) present += t[i] != 0;
+    for (int i = 0; t && i < 512; i++) present += t[i] != (f.format == AXALLOC_FORMAT_X86_EPT ? 1ull << 63 : 0); /* EPT: suppress #VE */
     CHECK_EQ_U64(present, 0); /* a fresh root has no entry */
     CHECK_STATUS(axalloc_map_alloc(f.as, 0, 4 * MIB, AXALLOC_READ | AXALLOC_WRITE, true), AXALLOC_OK);
     th_scan(f.pool);

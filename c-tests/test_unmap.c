@@ -498,7 +498,7 @@ static void unmap_everything_leaves_only_the_root(void) {
       CHECK_EQ_U64(s.mapped_bytes, 0);
       const uint64_t *root = th_virt(f.pool, axalloc_as_root(f.as));
       int present = 0;
-      for (int i = 0; root && i < 512; i++) present += root[i] != 0;
+      for (int i = 0; root && i < 512; i++) present += root[i] != (f.format == AXALLOC_FORMAT_X86_EPT ? 1ull << 63 : 0); /* EPT: suppress #VE */
       CHECK_EQ_U64(present, 0);
       if (cycle == 0) after_first = th_in_use(f.pool);
       else CHECK_EQ_U64(th_in_use(f.pool), after_first);

@@ -8,8 +8,9 @@
 //!   threads, except `axalloc_as_destroy`.
 //! - On any error nothing changed: no frame is held that was not held before,
 //!   and out-parameters are left untouched.
-//! - Hooks must not call back into the same address space (the library may
-//!   hold its lock while calling them).
+//! - Hooks must not call back into the same address space. `alloc_frame`,
+//!   `alloc_contig`, `phys_to_virt` and `relax` may run under the lock;
+//!   `flush_tlb`, `free_frame` and `free_contig` never do.
 
 #![allow(non_camel_case_types)]
 
@@ -44,6 +45,12 @@ pub enum axalloc_status {
     AXALLOC_ERR_UNSUPPORTED = -6,
     /// An internal invariant broke; destroy the address space.
     AXALLOC_ERR_INTERNAL = -7,
+    /// Another map / unmap / write-populate is working on an overlapping
+    /// range (or the table spans around it) right now; nothing changed. The
+    /// library never waits for it — it may be waiting for this CPU to take a
+    /// TLB-flush IPI — so retry after that call returns (e.g. after
+    /// re-enabling interrupts or re-entering the guest).
+    AXALLOC_ERR_BUSY = -10,
 }
 use axalloc_status::*;
 
@@ -60,6 +67,7 @@ impl From<Error> for axalloc_status {
             Error::Access => AXALLOC_ERR_ACCESS,
             Error::Unsupported => AXALLOC_ERR_UNSUPPORTED,
             Error::Internal => AXALLOC_ERR_INTERNAL,
+            Error::Busy => AXALLOC_ERR_BUSY,
         }
     }
 }
@@ -94,7 +102,10 @@ const CFG_ALL: u32 = AXALLOC_CFG_FRAMES_ZEROED | AXALLOC_CFG_NO_HUGE_1G;
 
 /// The host's callbacks. Every hook receives `ctx` first. Hooks may be called
 /// from any thread that calls into the library, also concurrently, and must
-/// not call back into the same address space. The structure is copied by
+/// not call back into the same address space. Under the lock (see the rules
+/// at the top): `alloc_frame`, `alloc_contig`, `phys_to_virt`, `relax` may be
+/// called with it held and must not sleep or wait for other CPUs;
+/// `flush_tlb`, `free_frame`, `free_contig` are called with no lock held. The structure is copied by
 /// `axalloc_as_create`; the hooks (and `ctx`) must stay valid until
 /// `axalloc_as_destroy` returns, and none is called after that.
 #[repr(C)]
@@ -102,14 +113,17 @@ const CFG_ALL: u32 = AXALLOC_CFG_FRAMES_ZEROED | AXALLOC_CFG_NO_HUGE_1G;
 pub struct axalloc_hooks {
     /// Passed first to every hook; never dereferenced by the library.
     pub ctx: *mut c_void,
-    /// Required. Obtains one 4 KiB frame, 4 KiB aligned, below 2^52: writes
+    /// Required. May run under the lock (shared: a fault's frame and tables;
+    /// exclusive: region bookkeeping, edge splits of an unmap): must not sleep
+    /// or wait for other CPUs. Obtains one 4 KiB frame, 4 KiB aligned, below 2^52: writes
     /// its host-physical address to `*hpa_out` and returns 0, or returns
     /// non-zero when none is available (the call then fails with
     /// `AXALLOC_ERR_NO_MEMORY`). Contents may be anything, unless the config
     /// says `AXALLOC_CFG_FRAMES_ZEROED`. A misaligned frame is handed back at
     /// once and counts as a failure.
     pub alloc_frame: Option<unsafe extern "C" fn(ctx: *mut c_void, hpa_out: *mut u64) -> i32>,
-    /// Required. Takes back a frame `alloc_frame` gave. Called exactly once
+    /// Required. Never called with the lock held (it may wait). Takes back a
+    /// frame `alloc_frame` gave. Called exactly once
     /// per frame, and for a frame that hardware could reach only after the
     /// `flush_tlb` call that covered its removal has returned.
     pub free_frame: Option<unsafe extern "C" fn(ctx: *mut c_void, hpa: u64)>,
@@ -120,20 +134,31 @@ pub struct axalloc_hooks {
     /// state, 128-byte aligned, in one of its frames); the same address for a
     /// frame for as long as the library holds it.
     pub phys_to_virt: Option<unsafe extern "C" fn(ctx: *mut c_void, hpa: u64) -> *mut c_void>,
-    /// Optional. Invalidates every cached stage-2 translation of
-    /// `[gpa, gpa + size)` on every CPU that may hold one (INVEPT, NPT ASID
-    /// flush, ...), and returns when that is done. Never called with size 0,
-    /// at most once per `axalloc_unmap`, never for mappings being added. If
-    /// NULL, the host guarantees no CPU holds stale translations by other
-    /// means (e.g. no vCPU runs while it unmaps).
+    /// Optional. Never called with the lock held: it may IPI other CPUs and
+    /// wait for them, including vCPUs that are spinning in `handle_fault`.
+    /// Invalidates every cached stage-2 translation of `[gpa, gpa + size)`
+    /// on every CPU that may hold one (INVEPT, NPT ASID flush, ...), and
+    /// returns when that is done. The range covers every removed entry and
+    /// the whole span of every table the unmap frees (a paging-structure
+    /// cache may hold any of it), so it can exceed the unmapped bytes. Never
+    /// called with size 0, at most once per `axalloc_unmap`, never for
+    /// mappings being added. If NULL, the host guarantees no CPU holds stale
+    /// translations by other means (e.g. no vCPU runs while it unmaps).
     pub flush_tlb: Option<unsafe extern "C" fn(ctx: *mut c_void, gpa: u64, size: u64)>,
     /// Optional (not used by this version for guest RAM; reserved for 2 MiB
-    /// pages and multi-frame roots). Obtains 2^`order` contiguous frames,
+    /// pages and multi-frame roots). May run under the lock, like
+    /// `alloc_frame`. Obtains 2^`order` contiguous frames,
     /// aligned to their size; returns 0 on success.
     pub alloc_contig:
         Option<unsafe extern "C" fn(ctx: *mut c_void, order: u32, hpa_out: *mut u64) -> i32>,
     /// Required exactly when `alloc_contig` is given. Takes back a block.
+    /// Never called with the lock held.
     pub free_contig: Option<unsafe extern "C" fn(ctx: *mut c_void, hpa: u64, order: u32)>,
+    /// Optional. Called over and over while a thread waits for the address
+    /// space's lock (it spins; see "Locks" above): `cpu_relax()` / `pause`,
+    /// WFE, or `sched_yield()` in a hosted VMM with more threads than CPUs.
+    /// NULL: a spin-loop hint. Must not call into the library.
+    pub relax: Option<unsafe extern "C" fn(ctx: *mut c_void)>,
 }
 /// See `struct axalloc_hooks`.
 pub type axalloc_hooks_t = axalloc_hooks;
@@ -200,6 +225,7 @@ pub extern "C" fn axalloc_status_str(status: i32) -> *const c_char {
         -5 => c"AXALLOC_ERR_ACCESS",
         -6 => c"AXALLOC_ERR_UNSUPPORTED",
         -7 => c"AXALLOC_ERR_INTERNAL",
+        -10 => c"AXALLOC_ERR_BUSY",
         _ => c"AXALLOC_ERR_UNKNOWN",
     };
     s.as_ptr()
@@ -331,8 +357,13 @@ pub unsafe extern "C" fn axalloc_as_stats(
 ///   a frame, or the address space already holds its maximum of 6,528
 ///   regions; everything this call took has been given back and the address
 ///   space is exactly as before).
-/// - Thread-safe; excludes every other call on `as` while it runs. Never
-///   calls `flush_tlb`.
+/// - `AXALLOC_ERR_BUSY`: a map/unmap/write-populate in flight overlaps the
+///   range (nothing changed; retry after it returns).
+/// - Locks: takes the exclusive side twice, briefly (claim + bookkeeping;
+///   commit); with `populate`, allocates (`alloc_frame`) and zeroes with no
+///   lock held, so faults elsewhere go on. A fault inside the range before
+///   the call returns is spurious (`AXALLOC_OK`; the guest re-faults). Never
+///   calls `flush_tlb`; `free_frame` only on failure, with no lock held.
 ///
 /// # Safety
 /// `as` is NULL or a live handle.
@@ -358,7 +389,8 @@ pub unsafe extern "C" fn axalloc_map_alloc(
 ///
 /// - Errors: as `axalloc_map_alloc`, plus `AXALLOC_ERR_INVALID` for an
 ///   unaligned `hpa` or one whose range passes 2^52.
-/// - Thread-safe; exclusive while it runs. Never calls `flush_tlb`.
+/// - `AXALLOC_ERR_BUSY` as `axalloc_map_alloc`. Locks as a populating
+///   `axalloc_map_alloc`. Never calls `flush_tlb`.
 ///
 /// # Safety
 /// `as` is NULL or a live handle.
@@ -384,7 +416,13 @@ pub unsafe extern "C" fn axalloc_map_linear(
 /// - Errors: `AXALLOC_ERR_INVALID` (NULL, unaligned, empty, overflowing,
 ///   outside the window), `AXALLOC_ERR_NO_MEMORY` (a split or a region split
 ///   needed a frame and none came; nothing changed).
-/// - Thread-safe; exclusive while it runs.
+/// - `AXALLOC_ERR_BUSY`: another map/unmap/write-populate in flight overlaps
+///   the range or the table spans it would free (nothing changed; retry).
+/// - Locks: the exclusive side for the edge splits (`alloc_frame` for the
+///   few tables they need) and the detach, which yields to waiting vCPUs
+///   every few dozen entries; `flush_tlb` and every `free_frame` run after it
+///   is released. Meanwhile faults on the range report `NOT_MAPPED`, and
+///   faults that meet a table being freed are spurious (`AXALLOC_OK`).
 ///
 /// # Safety
 /// `as` is NULL or a live handle.
@@ -407,14 +445,22 @@ pub unsafe extern "C" fn axalloc_unmap(
 /// - no region covers `gpa` → `AXALLOC_ERR_NOT_MAPPED` (the MMIO path);
 /// - the region does not allow `access` → `AXALLOC_ERR_ACCESS`, even if the
 ///   page is present;
-/// - the page is present → `AXALLOC_OK`, nothing allocated (spurious: another
-///   vCPU won, or a stale TLB entry);
+/// - the page is present and its entry allows `access` → `AXALLOC_OK`,
+///   nothing allocated (spurious: another vCPU won, or a stale TLB entry);
+///   present but its entry does not allow `access` → `AXALLOC_ERR_ACCESS`
+///   (answering OK would make the guest fault forever);
+/// - another operation is changing the entry right now (map commit, unmap
+///   reclaim: a *frozen* entry) → `AXALLOC_OK` at once, nothing allocated:
+///   the guest re-faults; the call never spins waiting for it;
 /// - otherwise a zeroed frame is installed → `AXALLOC_OK`;
 ///   `AXALLOC_ERR_NO_MEMORY` if `alloc_frame` fails (nothing changed).
 ///
 /// A present page is never replaced by another frame. Thread-safe and
-/// concurrent: faults from many vCPUs proceed in parallel; faults on the same
-/// page produce exactly one frame. `AXALLOC_ERR_INVALID` for NULL or a bad
+/// concurrent: faults from many vCPUs proceed in parallel under the shared
+/// lock (`alloc_frame` may run under it; a frame or table that lost a race
+/// goes back through `free_frame` after it is released); faults on the same
+/// page produce exactly one frame. The frame is zeroed with ordinary stores,
+/// so it is in the cache when the guest touches it. `AXALLOC_ERR_INVALID` for NULL or a bad
 /// `access`.
 ///
 /// # Safety
@@ -518,7 +564,9 @@ pub unsafe extern "C" fn axalloc_read(
 /// hypervisor. Range rules and errors as `axalloc_read`. Never-touched lazy
 /// pages in the range are populated first (zeroed, all or nothing:
 /// `AXALLOC_ERR_NO_MEMORY` leaves the address space as before and copies
-/// nothing). Thread-safe; concurrent unless it has to populate.
+/// nothing). Thread-safe and concurrent: runs under the shared lock, also
+/// while it populates (so a concurrent map/unmap waits for that, and faults
+/// on the pages being populated are spurious until it commits).
 ///
 /// # Safety
 /// `as` is NULL or a live handle; `buf` has `len` readable bytes.

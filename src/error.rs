@@ -20,6 +20,11 @@ pub enum Error {
     Access,
     /// The request is valid but not supported by this build or format.
     Unsupported,
+    /// Another map, unmap or write-populate is working on an overlapping
+    /// range (or on the table spans around it) right now; nothing changed.
+    /// Retry once it has returned — the library never waits for it, since it
+    /// may be waiting for this CPU (a TLB-flush IPI).
+    Busy,
     /// An internal invariant broke (e.g. a hook returned NULL from
     /// `phys_to_virt`, or the table holds an entry no region explains).
     Internal,

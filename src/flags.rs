@@ -76,4 +76,9 @@ impl Access {
     pub const fn allowed_by(self, flags: Flags) -> bool {
         flags.contains(self.0)
     }
+
+    /// The access in page_table_multiarch's vocabulary.
+    pub fn to_mapping(self) -> MappingFlags {
+        self.0.to_mapping()
+    }
 }

@@ -7,9 +7,10 @@
 //! the `Frames` is dropped, instead of one atomic read-modify-write per page.
 
 use core::cell::Cell;
+use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
 
-use crate::addr::Hpa;
+use crate::addr::{FRAME_SIZE, Hpa};
 use crate::error::Result;
 use crate::hooks::Hooks;
 use crate::stats::Counters;
@@ -20,17 +21,21 @@ pub struct Frames<'a> {
     hooks: &'a Hooks,
     counters: &'a Counters,
     frames_zeroed: bool,
+    /// What an empty entry of this format looks like (new tables are
+    /// filled with it).
+    empty: u64,
     tables: Cell<i64>,
     guests: Cell<i64>,
 }
 
 impl<'a> Frames<'a> {
     /// Frames for one operation on an address space.
-    pub fn new(hooks: &'a Hooks, counters: &'a Counters, frames_zeroed: bool) -> Self {
+    pub fn new(hooks: &'a Hooks, counters: &'a Counters, frames_zeroed: bool, empty: u64) -> Self {
         Self {
             hooks,
             counters,
             frames_zeroed,
+            empty,
             tables: Cell::new(0),
             guests: Cell::new(0),
         }
@@ -46,14 +51,13 @@ impl<'a> Frames<'a> {
         self.hooks
     }
 
-    fn alloc_zeroed(&self, streaming: bool) -> Result<Hpa> {
+    /// A fresh frame, filled by `fill` (skipped when `skip`); given back if
+    /// the host cannot show it to us.
+    fn alloc_filled(&self, skip: bool, fill: impl FnOnce(NonNull<u8>)) -> Result<Hpa> {
         let hpa = self.hooks.alloc_frame()?;
-        if !self.frames_zeroed {
+        if !skip {
             match self.hooks.virt(hpa) {
-                // SAFETY: a fresh frame of ours that nothing maps yet.
-                Ok(p) if streaming => unsafe { zero::zero_frame_streaming(p) },
-                // SAFETY: as above.
-                Ok(p) => unsafe { zero::zero_frame(p) },
+                Ok(p) => fill(p),
                 Err(e) => {
                     // SAFETY: obtained above and never shown to anyone.
                     unsafe { self.hooks.free_frame(hpa) };
@@ -64,9 +68,23 @@ impl<'a> Frames<'a> {
         Ok(hpa)
     }
 
-    /// A zeroed table frame (ordinary stores: the walker writes it next).
+    /// A table frame whose every entry is empty (ordinary stores: the walker
+    /// writes it next).
     pub fn alloc_table(&self) -> Result<Hpa> {
-        let hpa = self.alloc_zeroed(false)?;
+        let empty = self.empty;
+        let hpa = self.alloc_filled(empty == 0 && self.frames_zeroed, |p| {
+            if empty == 0 {
+                // SAFETY: a fresh frame of ours that nothing maps yet.
+                unsafe { zero::zero_frame(p) }
+            } else {
+                let entries = p.cast::<u64>().as_ptr();
+                for i in 0..FRAME_SIZE / 8 {
+                    // SAFETY: inside the fresh, 8-byte aligned frame (checked
+                    // by `Hooks::virt`) that nothing else references.
+                    unsafe { entries.add(i).write(empty) };
+                }
+            }
+        })?;
         self.tables.set(self.tables.get() + 1);
         Ok(hpa)
     }
@@ -93,11 +111,14 @@ impl<'a> Frames<'a> {
         Ok(())
     }
 
-    /// A zeroed guest frame. Zeroed with non-temporal stores (no
-    /// write-allocate traffic, no cache pollution), so
-    /// [`zero::streaming_fence`] must run before it becomes reachable.
+    /// A zeroed guest frame for a fault: zeroed with ordinary stores, so the
+    /// lines are in the cache when the guest touches the page right after the
+    /// fault, and no fence is needed (the install's Release orders them).
     pub fn alloc_guest(&self) -> Result<Hpa> {
-        let hpa = self.alloc_zeroed(true)?;
+        let hpa = self.alloc_filled(self.frames_zeroed, |p| {
+            // SAFETY: a fresh frame of ours that nothing maps yet.
+            unsafe { zero::zero_frame(p) }
+        })?;
         self.guests.set(self.guests.get() + 1);
         Ok(hpa)
     }

@@ -18,6 +18,7 @@ type PhysToVirtFn = unsafe extern "C" fn(*mut c_void, u64) -> *mut c_void;
 type FlushTlbFn = unsafe extern "C" fn(*mut c_void, u64, u64);
 type AllocContigFn = unsafe extern "C" fn(*mut c_void, u32, *mut u64) -> i32;
 type FreeContigFn = unsafe extern "C" fn(*mut c_void, u64, u32);
+type RelaxFn = unsafe extern "C" fn(*mut c_void);
 
 /// Highest host-physical address any supported format can express (52 bits).
 const HPA_LIMIT: u64 = 1 << 52;
@@ -32,6 +33,7 @@ pub struct Hooks {
     flush_tlb: Option<FlushTlbFn>,
     alloc_contig: Option<AllocContigFn>,
     free_contig: Option<FreeContigFn>,
+    relax: Option<RelaxFn>,
 }
 
 // SAFETY: the header requires every hook to be callable from any thread, also
@@ -67,6 +69,7 @@ impl Hooks {
             flush_tlb: h.flush_tlb,
             alloc_contig: h.alloc_contig,
             free_contig: h.free_contig,
+            relax: h.relax,
         })
     }
 
@@ -146,6 +149,17 @@ impl Hooks {
             return Err(Error::Internal);
         }
         NonNull::new(p.cast::<u8>()).ok_or(Error::Internal)
+    }
+
+    /// One step of waiting for the lock: the host's `relax` hook (cpu_relax,
+    /// sched_yield, WFE), or a spin-loop hint.
+    #[inline]
+    pub fn relax(&self) {
+        match self.relax {
+            // SAFETY: valid optional hook per `from_c`.
+            Some(relax) => unsafe { relax(self.ctx) },
+            None => core::hint::spin_loop(),
+        }
     }
 
     /// Invalidates the guest's cached translations of `[gpa, gpa + size)`

@@ -13,7 +13,8 @@
 //! |-----------------|----------------------------------------------------------|
 //! | `capi.rs`       | the C boundary: pointer and integer checks, status codes |
 //! | `space.rs`      | the address space: locking, regions + table + hooks      |
-//! | `table.rs`      | format-independent walker: install, map, split, unmap    |
+//! | `table/`        | the walker: one iterator; install, map, unmap            |
+//! | `claims.rs`     | ranges operations work on without the lock               |
 //! | `format/`       | one file per entry format (bits only)                    |
 //! | `backend/`      | where pages come from: `alloc.rs`, `linear.rs`           |
 //! | `region.rs`     | the sorted region set, stored in host frames             |
@@ -33,6 +34,7 @@
 pub mod addr;
 pub mod backend;
 pub mod capi;
+pub mod claims;
 pub mod error;
 pub mod flags;
 pub mod format;

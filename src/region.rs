@@ -76,6 +76,40 @@ impl Region {
     }
 }
 
+/// Bookkeeping frames to give back after the lock is released (`free_frame`
+/// never runs under the lock).
+#[must_use = "give the frames back with `free`"]
+#[derive(Default)]
+pub struct Spare {
+    frames: [Option<Hpa>; 4],
+}
+
+impl Spare {
+    /// Nothing to give back.
+    pub const fn new() -> Self {
+        Self { frames: [None; 4] }
+    }
+
+    fn push(&mut self, hpa: Hpa) -> bool {
+        match self.frames.iter_mut().find(|f| f.is_none()) {
+            Some(f) => {
+                *f = Some(hpa);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Gives the frames back (call with no lock held).
+    pub fn free(self, hooks: &Hooks) {
+        for hpa in self.frames.into_iter().flatten() {
+            // SAFETY: chunk frames the region set let go of; nothing points
+            // into them and hardware never saw them.
+            unsafe { hooks.free_frame(hpa) };
+        }
+    }
+}
+
 /// Regions per chunk frame.
 const PER_CHUNK: usize = FRAME_SIZE / size_of::<Region>();
 /// Chunks in the directory.
@@ -191,7 +225,9 @@ impl RegionSet {
     }
 
     /// Makes room for `extra` more regions, taking chunk frames from the
-    /// hooks. On failure nothing is held beyond what was held before.
+    /// hooks (under the caller's lock: `alloc_frame` may run there). On
+    /// failure the caller gives the unneeded chunks back with
+    /// [`RegionSet::shrink`].
     pub fn reserve(&mut self, hooks: &Hooks, extra: usize) -> Result {
         let need = self.len.checked_add(extra).ok_or(Error::NoMemory)?;
         if need > MAX_REGIONS {
@@ -200,19 +236,13 @@ impl RegionSet {
         let chunks_needed = need.div_ceil(PER_CHUNK);
         let have = self.chunks.iter().take_while(|c| c.is_some()).count();
         for idx in have..chunks_needed {
-            let hpa = match hooks.alloc_frame() {
-                Ok(hpa) => hpa,
-                Err(e) => {
-                    self.shrink(hooks);
-                    return Err(e);
-                }
-            };
+            let hpa = hooks.alloc_frame()?;
             let ptr = match hooks.virt(hpa) {
                 Ok(p) => p.cast::<Region>(),
                 Err(e) => {
+                    // A hook broke its contract; hand the frame straight back.
                     // SAFETY: obtained just above, never shown to anyone.
                     unsafe { hooks.free_frame(hpa) };
-                    self.shrink(hooks);
                     return Err(e);
                 }
             };
@@ -242,7 +272,7 @@ impl RegionSet {
     /// crossing its edges are trimmed, one containing it is split in two
     /// (the caller reserved one slot for that). Cannot fail after `reserve`
     /// except on a broken invariant.
-    pub fn remove_range(&mut self, start: Gpa, end: Gpa, hooks: &Hooks) -> Result {
+    pub fn remove_range(&mut self, start: Gpa, end: Gpa, spare: &mut Spare) -> Result {
         let first = self.first_ending_after(start);
         let Some(r) = self.get(first) else {
             return Ok(());
@@ -280,19 +310,22 @@ impl RegionSet {
                 self.set(k - removed, moved)?;
             }
             self.len -= removed;
-            self.shrink(hooks);
+            self.shrink(spare);
         }
         Ok(())
     }
 
-    /// Gives back chunk frames no region needs (undoes an unused `reserve`).
-    pub fn shrink(&mut self, hooks: &Hooks) {
+    /// Moves chunk frames no region needs (an unused `reserve`, removed
+    /// regions) to `spare`, to be given back once the lock is released. What
+    /// `spare` cannot take stays reserved for later.
+    pub fn shrink(&mut self, spare: &mut Spare) {
         let keep = self.len.div_ceil(PER_CHUNK);
-        for slot in self.chunks.iter_mut().skip(keep) {
-            if let Some(c) = slot.take() {
-                // SAFETY: the chunk frame came from `alloc_frame` in `reserve`;
-                // nothing points into it past `len`, and hardware never saw it.
-                unsafe { hooks.free_frame(c.hpa) };
+        for slot in self.chunks.iter_mut().skip(keep).rev() {
+            if let Some(c) = slot {
+                if !spare.push(c.hpa) {
+                    return;
+                }
+                *slot = None;
             }
         }
     }
@@ -300,7 +333,13 @@ impl RegionSet {
     /// Gives back every chunk frame; the set becomes empty.
     pub fn release(&mut self, hooks: &Hooks) {
         self.len = 0;
-        self.shrink(hooks);
+        for slot in &mut self.chunks {
+            if let Some(c) = slot.take() {
+                // SAFETY: the chunk frame came from `alloc_frame` in `reserve`;
+                // the set is empty, and hardware never saw it.
+                unsafe { hooks.free_frame(c.hpa) };
+            }
+        }
     }
 
     /// Sum of the sizes of all regions.

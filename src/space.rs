@@ -1,12 +1,16 @@
 //! The address space: ties the region set, the table and the hooks together
 //! and decides which lock each operation takes.
 //!
-//! Locking: one reader-writer lock over the region set.
-//! - shared: `handle_fault`, `translate`, `read`, `write` (fast path), `stats`
-//!   — vCPUs run these in parallel; page installs use compare-exchange;
-//! - exclusive: `map_*`, `unmap`, and `write` when it must populate — these
-//!   change regions or remove entries and free tables, which no concurrent
-//!   walker may be inside of.
+//! Locking: one fair (phase-fair) reader-writer spin lock over the region set
+//! and the claims ([`Maps`]). Nothing slow runs under its exclusive side:
+//! - shared: `handle_fault`, `translate`, `read`, `write` (incl. its
+//!   populate of holes), `stats` — vCPUs run these in parallel; page installs
+//!   use compare-exchange;
+//! - exclusive, briefly: a map's claim and commit, an unmap's split and detach
+//!   (with yield points), lazy maps. A map allocates and zeroes with no lock
+//!   held (inside its claim, see `claims.rs`); an unmap flushes and frees with
+//!   no lock held. `alloc_frame` may run under either side; `flush_tlb` and
+//!   `free_frame` never run under the lock.
 //!
 //! The object itself lives in a frame from `alloc_frame`: the library needs no
 //! allocator for anything.
@@ -14,15 +18,18 @@
 use core::ptr::NonNull;
 
 use crate::addr::{FRAME_SIZE, Gpa, Hpa};
-use crate::backend::alloc::{self, Populate};
+use crate::backend::alloc::{self, Fill, Populate};
 use crate::backend::linear::Linear;
+use crate::claims::{Claim, Claims, Purpose};
 use crate::error::{Error, Result};
 use crate::flags::{Access, Flags};
 use crate::format::{self, Entry, Format, FormatKind, level_size, with_format};
 use crate::hooks::Hooks;
-use crate::region::{Backend, Region, RegionSet};
+use crate::region::{Backend, Region, RegionSet, Spare};
 use crate::stats::{Counters, Stats};
-use crate::sync::RwLock;
+use crate::sync::{Exclusive, ReadGuard, Relax, RwLock, WriteGuard};
+use crate::table::map::{LeafSource, Prepared};
+use crate::table::unmap::DetachCtx;
 use crate::table::{TablePool, Walker};
 
 /// Highest host-physical address + 1 a linear mapping may reach.
@@ -76,6 +83,24 @@ impl Config {
     }
 }
 
+/// What the lock protects: the regions, and the ranges operations claimed.
+pub struct Maps {
+    /// The mapped regions.
+    pub regions: RegionSet,
+    /// Ranges maps / unmaps are working on without the lock.
+    pub claims: Claims,
+}
+
+/// Waiting for the lock calls the host's `relax` hook.
+struct HookRelax<'h>(&'h Hooks);
+
+impl Relax for HookRelax<'_> {
+    #[inline]
+    fn relax(&self) {
+        self.0.relax();
+    }
+}
+
 /// One guest's stage-2 address space.
 pub struct AddrSpace {
     hooks: Hooks,
@@ -86,18 +111,53 @@ pub struct AddrSpace {
     /// The root's host-virtual address (resolved once; walks start there).
     root_virt: NonNull<u8>,
     counters: Counters,
-    regions: RwLock<RegionSet>,
+    maps: RwLock<Maps>,
 }
 
 const _: () = assert!(core::mem::size_of::<AddrSpace>() <= FRAME_SIZE);
 
 // SAFETY: shared state is atomics (table entries, counters, lock shards) or
-// behind the lock (the region set); `root_virt` points into the root frame,
+// behind the lock (regions, claims); `root_virt` points into the root frame,
 // which the space owns for its whole life and only accesses atomically; the
 // hooks are callable from any thread by contract.
 unsafe impl Sync for AddrSpace {}
 // SAFETY: as above; nothing is tied to the creating thread.
 unsafe impl Send for AddrSpace {}
+
+/// An unmap's detach, seen from the table: the exclusive lock it holds (and
+/// may yield), the claim it widens, the regions that keep tables alive.
+struct Unmapping<'s> {
+    space: &'s AddrSpace,
+    guard: Option<WriteGuard<'s, Maps>>,
+    claim: Claim,
+}
+
+impl DetachCtx for Unmapping<'_> {
+    fn exclusive(&self) -> Option<Exclusive<'_>> {
+        // `guard` is `None` only inside `pause`, which puts it back.
+        self.guard.as_ref().map(|g| g.token())
+    }
+
+    fn in_use(&self, lo: usize, hi: usize) -> bool {
+        self.guard.as_ref().is_none_or(|m| {
+            m.regions.overlaps(Gpa::from_usize(lo), Gpa::from_usize(hi))
+                || m.claims.overlaps(lo, hi, Some(&self.claim))
+        })
+    }
+
+    fn widen(&mut self, lo: usize, hi: usize) -> Result {
+        let m = self.guard.as_mut().ok_or(Error::Internal)?;
+        m.claims
+            .widen(&mut self.claim, Gpa::from_usize(lo), Gpa::from_usize(hi))
+    }
+
+    fn pause(&mut self) {
+        if self.guard.as_ref().is_some_and(|g| g.contended()) {
+            self.guard = None;
+            self.guard = Some(self.space.lock_exclusive());
+        }
+    }
+}
 
 impl AddrSpace {
     /// Creates an address space in a frame from the hooks, with an empty root
@@ -144,7 +204,10 @@ impl AddrSpace {
             root,
             root_virt,
             counters,
-            regions: RwLock::new(RegionSet::new()),
+            maps: RwLock::new(Maps {
+                regions: RegionSet::new(),
+                claims: Claims::new(),
+            }),
         };
         // SAFETY: `ptr` is the host's view of a whole, suitably aligned frame
         // that we own and nobody else references.
@@ -173,7 +236,7 @@ impl AddrSpace {
             // An error here means a broken table: free what can be reached.
             let _ = unsafe { w.release_all() };
         });
-        space.regions.write().release(&hooks);
+        space.lock_exclusive().regions.release(&hooks);
         // SAFETY: nothing refers to the object any more; drop it in place,
         // then return its frame.
         unsafe {
@@ -188,6 +251,21 @@ impl AddrSpace {
         self.walker::<F>()
     }
 
+    /// Claims `[start, end)` as an operation in flight would (unit tests).
+    #[cfg(test)]
+    pub fn test_claim(&self, start: u64, end: u64) -> Claim {
+        self.lock_exclusive()
+            .claims
+            .claim(Gpa::from_u64(start), Gpa::from_u64(end), Purpose::Map)
+            .unwrap()
+    }
+
+    /// Releases a claim from [`AddrSpace::test_claim`].
+    #[cfg(test)]
+    pub fn test_release(&self, claim: Claim) {
+        self.lock_exclusive().claims.release(claim);
+    }
+
     fn walker<F: Format>(&self) -> Walker<'_, F> {
         Walker::new(
             &self.hooks,
@@ -197,6 +275,14 @@ impl AddrSpace {
         )
     }
 
+    fn lock_shared(&self) -> ReadGuard<'_, Maps> {
+        self.maps.read_with(&HookRelax(&self.hooks))
+    }
+
+    fn lock_exclusive(&self) -> WriteGuard<'_, Maps> {
+        self.maps.write_with(&HookRelax(&self.hooks))
+    }
+
     /// Host-physical address of the root table.
     pub fn root(&self) -> Hpa {
         self.root
@@ -204,11 +290,11 @@ impl AddrSpace {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
-        let regions = self.regions.read();
+        let maps = self.lock_shared();
         self.counters.read(
-            regions.len() as u64,
-            regions.mapped_bytes(),
-            self.regions.events(),
+            maps.regions.len() as u64,
+            maps.regions.mapped_bytes(),
+            self.maps.events(),
         )
     }
 
@@ -221,21 +307,24 @@ impl AddrSpace {
         }
     }
 
-    /// Adds a region `r` after mapping its pages with `map` — both or neither.
-    fn add_region(&self, r: Region, map: impl FnOnce() -> Result) -> Result {
+    /// Checks that a new region fits: no overlap (`Exists`), no overlapping
+    /// operation (`Busy`), room in the region set. On error, chunk frames go
+    /// to `spare`.
+    fn admit(&self, m: &mut Maps, r: &Region, spare: &mut Spare) -> Result {
         if !r.flags.contains(Flags::READ) {
             return Err(Error::Invalid);
         }
-        let mut regions = self.regions.write();
-        if regions.overlaps(r.start, r.end) {
+        if m.regions.overlaps(r.start, r.end) {
             return Err(Error::Exists);
         }
-        regions.reserve(&self.hooks, 1)?;
-        if let Err(e) = map() {
-            regions.shrink(&self.hooks);
-            return Err(e);
+        if m.claims
+            .overlaps(r.start.as_usize(), r.end.as_usize(), None)
+        {
+            return Err(Error::Busy);
         }
-        regions.insert(r)
+        m.regions
+            .reserve(&self.hooks, 1)
+            .inspect_err(|_| m.regions.shrink(spare))
     }
 
     /// Maps guest RAM backed by frames from the hooks, now (`populate`) or on
@@ -248,15 +337,19 @@ impl AddrSpace {
             backend: Backend::Alloc,
             flags,
         };
-        self.add_region(region, || {
-            if !populate {
-                return Ok(());
-            }
-            with_format!(self.config.format, F => {
-                let mut src = Populate::<F, false>::new(flags.to_mapping());
-                self.walker::<F>().map_range(start, end, &mut src)
-            })
-        })
+        if populate {
+            return with_format!(self.config.format, F => {
+                self.map_prepared::<F, _>(region, Populate::<F>::new(flags.to_mapping()))
+            });
+        }
+        let mut spare = Spare::new();
+        let r = {
+            let mut m = self.lock_exclusive();
+            self.admit(&mut m, &region, &mut spare)
+                .and_then(|()| m.regions.insert(region))
+        };
+        spare.free(&self.hooks);
+        r
     }
 
     /// Maps `[gpa, gpa + size)` to `[hpa, hpa + size)`.
@@ -273,80 +366,166 @@ impl AddrSpace {
             backend: Backend::Linear { hpa },
             flags,
         };
-        self.add_region(region, || {
-            with_format!(self.config.format, F => {
-                let mut src = Linear::new(start, hpa, flags.to_mapping(), self.max_linear_level::<F>());
-                self.walker::<F>().map_range(start, end, &mut src)
-            })
+        with_format!(self.config.format, F => {
+            let src = Linear::new(start, hpa, flags.to_mapping(), self.max_linear_level::<F>());
+            self.map_prepared::<F, _>(region, src)
         })
     }
 
-    /// Removes `[gpa, gpa + size)` from every region it touches, flushes once,
-    /// then gives back the frames and emptied tables.
-    pub fn unmap(&self, gpa: u64, size: u64) -> Result {
-        let (start, end) = self.config.range(gpa, size)?;
-        let mut regions = self.regions.write();
-        if !regions.overlaps(start, end) {
-            return Ok(());
-        }
-        let splits_region = regions
-            .find(start)
-            .is_some_and(|r| r.start < start && r.end > end);
-        if splits_region {
-            regions.reserve(&self.hooks, 1)?;
-        }
-        with_format!(self.config.format, F => {
-            let w = self.walker::<F>();
-            // Prepare: every table the edge splits need, or nothing changes.
-            let mut pool = TablePool::new();
-            let prepared = w
-                .split_tables_needed(start, end)
-                .and_then(|n| w.reserve_tables(n, &mut pool));
-            if let Err(e) = prepared {
-                regions.shrink(&self.hooks);
+    /// Maps `region`'s pages from `src` and adds it, all or nothing: claim the
+    /// range (exclusive, briefly), prepare with no lock held — allocating and
+    /// zeroing while vCPUs keep faulting elsewhere —, then commit and insert
+    /// the region (exclusive, briefly; cannot fail).
+    fn map_prepared<F: Format, S: LeafSource<F>>(&self, region: Region, mut src: S) -> Result {
+        let mut spare = Spare::new();
+        let claim = {
+            let mut m = self.lock_exclusive();
+            let claim = self
+                .admit(&mut m, &region, &mut spare)
+                .and_then(|()| m.claims.claim(region.start, region.end, Purpose::Map));
+            if claim.is_err() {
+                m.regions.shrink(&mut spare);
+            }
+            claim
+        };
+        let claim = match claim {
+            Ok(c) => c,
+            Err(e) => {
+                spare.free(&self.hooks);
                 return Err(e);
             }
-            // Commit: cannot fail short of a broken invariant.
-            let split = w.split_at(start, &mut pool).and_then(|()| w.split_at(end, &mut pool));
-            w.release_pool(&mut pool);
-            split?;
-            let detached = w.detach(start, end)?;
-            regions.remove_range(start, end, &self.hooks)?;
-            if detached.needs_flush() {
-                self.hooks
-                    .flush(detached.lo as u64, (detached.hi - detached.lo) as u64);
-                // SAFETY: the flush above covered every entry `detach` removed.
-                unsafe { w.reclaim(start, end)? };
+        };
+        let w = self.walker::<F>();
+        let mut p = Prepared::new(region.start, region.end);
+        let result = match w.prepare(&mut p, &mut src) {
+            Ok(()) => {
+                let mut m = self.lock_exclusive();
+                let r = w
+                    .commit::<S>(m.token().shared(), &p)
+                    .and_then(|()| m.regions.insert(region));
+                m.claims.release(claim);
+                r
             }
+            Err(e) => {
+                // Fails only on a broken invariant; the first error wins.
+                let _ = w.rollback(&p);
+                let mut m = self.lock_exclusive();
+                m.claims.release(claim);
+                m.regions.shrink(&mut spare);
+                Err(e)
+            }
+        };
+        spare.free(&self.hooks);
+        result
+    }
+
+    /// Removes `[gpa, gpa + size)` from every region it touches: split the
+    /// edges and detach (exclusive, with yield points), then flush once and
+    /// free with no lock held.
+    pub fn unmap(&self, gpa: u64, size: u64) -> Result {
+        let (start, end) = self.config.range(gpa, size)?;
+        with_format!(self.config.format, F => self.unmap_in::<F>(start, end))
+    }
+
+    fn unmap_in<F: Format>(&self, start: Gpa, end: Gpa) -> Result {
+        let w = self.walker::<F>();
+        let mut spare = Spare::new();
+        let mut pool = TablePool::new();
+        let mut m = self.lock_exclusive();
+        if m.claims.overlaps(start.as_usize(), end.as_usize(), None) {
+            return Err(Error::Busy);
+        }
+        if !m.regions.overlaps(start, end) {
+            return Ok(());
+        }
+        // Prepare: the region slot and every table the edge splits need
+        // (allocated under the lock: a few frames at most), or nothing changes.
+        let splits_region = m
+            .regions
+            .find(start)
+            .is_some_and(|r| r.start < start && r.end > end);
+        let prepared = if splits_region {
+            m.regions.reserve(&self.hooks, 1)
+        } else {
             Ok(())
-        })
+        }
+        .and_then(|()| w.split_tables_needed(start, end))
+        .and_then(|n| w.reserve_tables(n, &mut pool))
+        .and_then(|()| m.claims.claim(start, end, Purpose::Unmap));
+        let claim = match prepared {
+            Ok(c) => c,
+            Err(e) => {
+                m.regions.shrink(&mut spare);
+                drop(m);
+                w.release_pool(&mut pool);
+                spare.free(&self.hooks);
+                return Err(e);
+            }
+        };
+        // Commit: cannot fail short of a broken invariant.
+        let x = m.token();
+        let split = w
+            .split_at(&x, start, &mut pool)
+            .and_then(|()| w.split_at(&x, end, &mut pool))
+            .and_then(|()| m.regions.remove_range(start, end, &mut spare));
+        let mut ctx = Unmapping {
+            space: self,
+            guard: Some(m),
+            claim,
+        };
+        let detached = split.and_then(|()| w.detach(&mut ctx, start, end));
+        let Unmapping { guard, claim, .. } = ctx;
+        drop(guard);
+        w.release_pool(&mut pool);
+        let result = detached.and_then(|d| w.reclaim(d.flush(&self.hooks)));
+        let mut m = self.lock_exclusive();
+        m.claims.release(claim);
+        m.regions.shrink(&mut spare);
+        drop(m);
+        spare.free(&self.hooks);
+        result
     }
 
     /// Resolves a stage-2 fault at `gpa` for `access`.
     pub fn handle_fault(&self, gpa: u64, access: Access) -> Result {
         let gpa = Gpa::from_u64(gpa);
-        let mut regions = self.regions.read();
-        let region = regions.find(gpa).ok_or(Error::NotMapped)?;
-        if !access.allowed_by(region.flags) {
-            return Err(Error::Access);
-        }
-        match region.backend {
-            // Mapped whole at map time: a fault there is a stale TLB entry.
-            Backend::Linear { .. } => Ok(()),
-            Backend::Alloc => with_format!(self.config.format, F => {
-                let gpa = Gpa::from_usize(gpa.as_usize() & !(FRAME_SIZE - 1));
-                let done = alloc::fault_in::<F>(&self.walker::<F>(), gpa, region.flags.to_mapping())?;
-                if done == alloc::Faulted::Installed {
-                    regions.count_event();
+        with_format!(self.config.format, F => {
+            let w = self.walker::<F>();
+            let mut leftover = alloc::Leftover::new();
+            let result = {
+                let mut m = self.lock_shared();
+                let region = m.regions.find(gpa);
+                match region {
+                    // A range being mapped: the guest re-faults until commit.
+                    None if m.claims.mapping(gpa.as_usize()) => Ok(()),
+                    None => Err(Error::NotMapped),
+                    Some(r) if !access.allowed_by(r.flags) => Err(Error::Access),
+                    Some(r) => {
+                        let page = Gpa::from_usize(gpa.as_usize() & !(FRAME_SIZE - 1));
+                        let done = alloc::fault_in::<F>(
+                            &w,
+                            m.token(),
+                            page,
+                            &r,
+                            access.to_mapping(),
+                            &mut leftover,
+                        );
+                        if let Ok(alloc::Faulted::Installed) = done {
+                            m.count_event();
+                        }
+                        done.map(|_| ())
+                    }
                 }
-                Ok(())
-            }),
-        }
+            };
+            // Lost races give their never-visible frames back, unlocked.
+            leftover.free(&w);
+            result
+        })
     }
 
     /// Host-physical address of `gpa` and the size of the page mapping it.
     pub fn translate(&self, gpa: u64) -> Result<(Hpa, usize)> {
-        let _regions = self.regions.read();
+        let _m = self.lock_shared();
         with_format!(self.config.format, F => self.translate_locked::<F>(Gpa::from_u64(gpa)))?
             .ok_or(Error::NotMapped)
     }
@@ -412,9 +591,9 @@ impl AddrSpace {
         let Some((start, end)) = self.copy_range(gpa, buf.len())? else {
             return Ok(());
         };
-        let regions = self.regions.read();
+        let m = self.lock_shared();
         with_format!(self.config.format, F => {
-            self.check_copy_range::<F>(&regions, start, end, false)?;
+            self.check_copy_range::<F>(&m.regions, start, end, false)?;
             self.copy_pages::<F>(gpa as usize, buf.len(), |host, off, len| {
                 match (host, buf.get_mut(off..off + len)) {
                     // SAFETY: `p` points to `len` readable bytes of a frame
@@ -436,8 +615,24 @@ impl AddrSpace {
         let Some((start, end)) = self.copy_range(gpa, buf.len())? else {
             return Ok(());
         };
-        let copy = |this: &Self| {
-            with_format!(this.config.format, F => this.copy_pages::<F>(gpa as usize, buf.len(), |host, off, len| {
+        let m = self.lock_shared();
+        with_format!(self.config.format, F => {
+            let hole = self.check_copy_range::<F>(&m.regions, start, end, true)?;
+            if hole {
+                // Populate the holes under the shared lock: faults go on;
+                // a fault on a page being filled meets a parked (frozen)
+                // entry and is spurious until the commit.
+                let w = self.walker::<F>();
+                let mut p = Prepared::new(start, end);
+                let mut src = Fill::<F>::new(&m.regions);
+                if let Err(e) = w.prepare(&mut p, &mut src) {
+                    // Fails only on a broken invariant; the first error wins.
+                    let _ = w.rollback(&p);
+                    return Err(e);
+                }
+                w.commit::<Fill<'_, F>>(m.token(), &p)?;
+            }
+            self.copy_pages::<F>(gpa as usize, buf.len(), |host, off, len| {
                 match (host, buf.get(off..off + len)) {
                     // SAFETY: `p` points to `len` writable bytes of a present
                     // frame in a region we hold the lock over.
@@ -447,25 +642,8 @@ impl AddrSpace {
                     _ => return Err(Error::Internal),
                 }
                 Ok(())
-            }))
-        };
-        {
-            // Fast path: every page is there; copy under the shared lock.
-            let regions = self.regions.read();
-            let hole = with_format!(self.config.format, F => {
-                self.check_copy_range::<F>(&regions, start, end, true)
-            })?;
-            if !hole {
-                return copy(self);
-            }
-        }
-        // Slow path: populate the holes, exclusively, then copy.
-        let regions = self.regions.write();
-        with_format!(self.config.format, F => {
-            self.check_copy_range::<F>(&regions, start, end, false)?;
-            self.fill_holes::<F>(&regions, start, end)
-        })?;
-        copy(self)
+            })
+        })
     }
 
     /// Validates a byte range for read/write; `None` when it is empty.
@@ -480,30 +658,6 @@ impl AddrSpace {
             .checked_next_multiple_of(FRAME_SIZE)
             .ok_or(Error::Invalid)?;
         Ok(Some((Gpa::from_usize(start), Gpa::from_usize(end))))
-    }
-
-    /// Populates every missing page of the alloc regions in `[start, end)`,
-    /// all or nothing (write lock held).
-    fn fill_holes<F: Format>(&self, regions: &RegionSet, start: Gpa, end: Gpa) -> Result {
-        let w = self.walker::<F>();
-        let alloc_parts = |f: &mut dyn FnMut(Region) -> Result| {
-            regions.for_each_in(start, end, |r| match r.backend {
-                Backend::Alloc => f(r),
-                Backend::Linear { .. } => Ok(()),
-            })
-        };
-        let prepared = alloc_parts(&mut |r| {
-            let mut src = Populate::<F, true>::new(r.flags.to_mapping());
-            w.prepare_range(r.start, r.end, &mut src)
-        });
-        match prepared {
-            Ok(()) => alloc_parts(&mut |r| w.commit_range(r.start, r.end)),
-            Err(e) => {
-                // Rollback fails only on a broken invariant; the first error wins.
-                let _ = alloc_parts(&mut |r| w.rollback_range(r.start, r.end));
-                Err(e)
-            }
-        }
     }
 
     /// Calls `f(host pointer, or None for a never-touched page; offset into

@@ -131,6 +131,52 @@ impl<T> RwLock<T> {
     }
 }
 
+// TEMPORARY shim (lead): the API the phase-fair rewrite provides, so the
+// rest of the crate builds until it lands. Replace wholesale.
+/// Waiting strategy.
+pub trait Relax {
+    /// One step of waiting.
+    fn relax(&self);
+}
+/// Proof of holding the exclusive side.
+#[derive(Clone, Copy)]
+pub struct Exclusive<'a>(core::marker::PhantomData<&'a ()>);
+/// Proof of holding the shared (or exclusive) side.
+#[derive(Clone, Copy)]
+pub struct Shared<'a>(core::marker::PhantomData<&'a ()>);
+impl<'a> Exclusive<'a> {
+    /// Exclusive implies shared.
+    pub fn shared(&self) -> Shared<'a> {
+        Shared(core::marker::PhantomData)
+    }
+}
+impl<T> RwLock<T> {
+    /// Shared access, waiting with `_r`.
+    pub fn read_with<R: Relax>(&self, _r: &R) -> ReadGuard<'_, T> {
+        self.read()
+    }
+    /// Exclusive access, waiting with `_r`.
+    pub fn write_with<R: Relax>(&self, _r: &R) -> WriteGuard<'_, T> {
+        self.write()
+    }
+}
+impl<T> ReadGuard<'_, T> {
+    /// Proof of the shared side.
+    pub fn token(&self) -> Shared<'_> {
+        Shared(core::marker::PhantomData)
+    }
+}
+impl<T> WriteGuard<'_, T> {
+    /// Proof of the exclusive side.
+    pub fn token(&self) -> Exclusive<'_> {
+        Exclusive(core::marker::PhantomData)
+    }
+    /// True if others wait.
+    pub fn contended(&self) -> bool {
+        false
+    }
+}
+
 /// Shared access to the data.
 pub struct ReadGuard<'a, T> {
     lock: &'a RwLock<T>,

@@ -9,7 +9,7 @@ use crate::addr::{Gpa, Hpa};
 use crate::error::Result;
 use crate::format::{self, Format, level_size};
 use crate::frames::Frames;
-use crate::table::LeafSource;
+use crate::table::map::LeafSource;
 
 /// Leaves of one linear mapping.
 pub struct Linear {

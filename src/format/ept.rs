@@ -8,7 +8,15 @@
 //! - non-leaf entries: R|W|X and the table address; bits 7:3 must be 0;
 //! - bits 8/9 are accessed/dirty when EPT A/D is enabled: the processor may
 //!   set them at any time in present entries, so nothing here compares them;
-//! - bits 11 and 56:52 are ignored by the processor: bit 52 marks owned frames.
+//! - bits 11 and 56:52 are ignored by the processor: bit 52 marks owned frames;
+//! - bit 63 is "suppress #VE" (SDM vol. 3C 28.2.2, 25.5.6.1): with the
+//!   "EPT-violation #VE" control on, an EPT violation on a not-present entry
+//!   whose bit 63 is 0 becomes a #VE *in the guest* instead of a VM exit.
+//!   Every not-present entry this library writes has it set — empty entries
+//!   are `1 << 63`, not 0, and parked ones keep it — so every lazy fault
+//!   reaches the hypervisor, as KVM's `SHADOW_NONPRESENT_VALUE` does. Present
+//!   leaves leave it 0: a hypervisor that enables #VE for its own purposes
+//!   decides about permission violations itself.
 
 use core::fmt;
 
@@ -50,6 +58,8 @@ pub mod bits {
     pub const PARKED: u64 = 1 << 62;
     /// Software, parked entries only: where the permission bits wait (55:53).
     pub const PARKED_RWX_SHIFT: u32 = 53;
+    /// Suppress #VE: set in every not-present entry (see module docs).
+    pub const SUPPRESS_VE: u64 = 1 << 63;
 }
 use bits::*;
 
@@ -128,7 +138,7 @@ impl GenericPTE for EptEntry {
     }
 
     fn is_unused(&self) -> bool {
-        self.0 == 0
+        self.0 == Ept::EMPTY
     }
 
     fn is_present(&self) -> bool {
@@ -140,7 +150,7 @@ impl GenericPTE for EptEntry {
     }
 
     fn clear(&mut self) {
-        self.0 = 0;
+        self.0 = Ept::EMPTY;
     }
 }
 
@@ -154,6 +164,8 @@ impl Format for Ept {
     const GPA_BITS: u32 = 48;
     const MAX_LEAF_LEVEL: usize = 2;
     const OWNED: u64 = OWNED;
+    const EMPTY: u64 = SUPPRESS_VE;
+    const HW_BITS: u64 = ACCESSED | DIRTY;
 
     #[inline]
     fn from_raw(raw: u64) -> EptEntry {
@@ -161,9 +173,24 @@ impl Format for Ept {
     }
 
     #[inline]
+    fn addr(raw: u64, _level: usize) -> usize {
+        // Bits 51:12 in every entry; in 2 MiB / 1 GiB leaves the bits below
+        // the page size are reserved (always 0 here).
+        (raw & ADDR_MASK) as usize
+    }
+
+    #[inline]
+    fn child(raw: u64, level: usize, index: usize) -> u64 {
+        let size = super::level_size(level - 1) as u64;
+        let addr = (raw & ADDR_MASK) + index as u64 * size;
+        let huge = if level - 1 == 0 { HUGE } else { 0 };
+        (raw & !(ADDR_MASK | huge)) | addr
+    }
+
+    #[inline]
     fn park(raw: u64) -> u64 {
         // Not present = bits 2:0 clear; keep the permissions in ignored bits.
-        (raw & !RWX) | ((raw & RWX) << PARKED_RWX_SHIFT) | PARKED
+        (raw & !RWX) | ((raw & RWX) << PARKED_RWX_SHIFT) | PARKED | SUPPRESS_VE
     }
 
     #[inline]
@@ -174,6 +201,6 @@ impl Format for Ept {
     #[inline]
     fn unpark(raw: u64) -> u64 {
         let rwx = (raw >> PARKED_RWX_SHIFT) & RWX;
-        (raw & !(PARKED | (RWX << PARKED_RWX_SHIFT))) | rwx
+        (raw & !(PARKED | SUPPRESS_VE | (RWX << PARKED_RWX_SHIFT))) | rwx
     }
 }

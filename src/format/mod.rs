@@ -41,6 +41,20 @@ pub trait Format: Sized + 'static {
     const MAX_LEAF_LEVEL: usize;
     /// Software bit: the leaf's frame came from `alloc_frame` (ignored by hardware).
     const OWNED: u64;
+    /// The value of an entry that maps nothing (0, or EPT's suppress-#VE bit).
+    /// New tables are filled with it.
+    const EMPTY: u64;
+    /// Bits the hardware sets in present entries (accessed, dirty): never
+    /// lost — changes to live entries use compare-exchange, and a split copies
+    /// them into every child.
+    const HW_BITS: u64;
+
+    /// Host-physical address named by the present entry `raw` at `level`.
+    fn addr(raw: u64, level: usize) -> usize;
+    /// Child `index` (0..512) of the huge leaf `raw` at `level` (> 0): the
+    /// same rights, memory type, software and hardware (A/D) bits, mapping
+    /// the `index`-th piece of the parent page, as a leaf at `level - 1`.
+    fn child(raw: u64, level: usize, index: usize) -> u64;
 
     /// Wraps raw bits.
     fn from_raw(raw: u64) -> Self::Pte;
@@ -95,7 +109,7 @@ pub fn table<F: Format>(hpa: Hpa) -> u64 {
 /// Decodes `raw` found at `level`.
 #[inline]
 pub fn decode<F: Format>(raw: u64, level: usize) -> Entry {
-    if raw == 0 {
+    if raw == F::EMPTY {
         return Entry::Empty;
     }
     let pte = F::from_raw(raw);
@@ -106,7 +120,7 @@ pub fn decode<F: Format>(raw: u64, level: usize) -> Entry {
             Entry::Empty
         };
     }
-    let hpa = Hpa::from_usize(pte.paddr().as_usize());
+    let hpa = Hpa::from_usize(F::addr(raw, level));
     if level == 0 || pte.is_huge() {
         Entry::Leaf {
             hpa,
@@ -121,6 +135,13 @@ pub fn decode<F: Format>(raw: u64, level: usize) -> Entry {
 #[inline]
 pub fn leaf_flags<F: Format>(raw: u64) -> MappingFlags {
     F::from_raw(raw).flags()
+}
+
+/// True if the present leaf `raw` allows every access in `access`
+/// (a subset of READ | WRITE | EXECUTE).
+#[inline]
+pub fn leaf_allows<F: Format>(raw: u64, access: MappingFlags) -> bool {
+    leaf_flags::<F>(raw).contains(access)
 }
 
 /// Bytes mapped by one entry at `level`.

@@ -7,7 +7,11 @@
 //!   8 G, 11:9 AVL (software), 51:12 address, 63 NX;
 //! - non-leaf entries: P|RW|US, permissions are decided at the leaf;
 //! - DEVICE leaves use PWT|PCD (PAT entry 3 = UC with the default PAT);
-//! - a not-present entry (P = 0) leaves bits 63:1 to software.
+//! - a not-present entry (P = 0) leaves bits 63:1 to software;
+//! - in a 2 MiB / 1 GiB leaf, bit 12 is PAT and the address is bits 51:21 /
+//!   51:30 (APM vol. 2, "2-Mbyte PDE" / "1-Gbyte PDPE" formats); in a 4 KiB
+//!   PTE, PAT is bit 7. Addresses of huge leaves are decoded without bit 12,
+//!   and a split moves PAT from bit 12 to bit 7 of the new PTEs.
 
 use core::fmt;
 
@@ -42,6 +46,10 @@ pub mod bits {
     pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
     /// No-execute.
     pub const NX: u64 = 1 << 63;
+    /// PAT index bit in a 2 MiB / 1 GiB leaf.
+    pub const PAT_HUGE: u64 = 1 << 12;
+    /// PAT index bit in a 4 KiB leaf (the PS position of upper levels).
+    pub const PAT_4K: u64 = 1 << 7;
 }
 use bits::*;
 
@@ -79,6 +87,8 @@ impl GenericPTE for NptEntry {
     }
 
     fn paddr(&self) -> PhysAddr {
+        // Only meaningful without the level for 4 KiB PTEs and tables;
+        // the walker decodes with `Npt::addr`, which knows the level.
         PhysAddr::from_usize((self.0 & ADDR_MASK) as usize)
     }
 
@@ -143,10 +153,40 @@ impl Format for Npt {
     const GPA_BITS: u32 = 48;
     const MAX_LEAF_LEVEL: usize = 2;
     const OWNED: u64 = OWNED;
+    const EMPTY: u64 = 0;
+    const HW_BITS: u64 = ACCESSED | DIRTY;
 
     #[inline]
     fn from_raw(raw: u64) -> NptEntry {
         NptEntry(raw)
+    }
+
+    #[inline]
+    fn addr(raw: u64, level: usize) -> usize {
+        let mask = if level > 0 && raw & HUGE != 0 {
+            ADDR_MASK & !PAT_HUGE
+        } else {
+            ADDR_MASK
+        };
+        (raw & mask) as usize
+    }
+
+    #[inline]
+    fn child(raw: u64, level: usize, index: usize) -> u64 {
+        let size = super::level_size(level - 1) as u64;
+        let base = Self::addr(raw, level) as u64;
+        let addr = base + index as u64 * size;
+        let mut bits = raw & !(ADDR_MASK);
+        if level - 1 == 0 {
+            // PS goes; PAT moves from bit 12 to bit 7.
+            bits &= !HUGE;
+            if raw & PAT_HUGE != 0 {
+                bits |= PAT_4K;
+            }
+        } else if raw & PAT_HUGE != 0 {
+            bits |= PAT_HUGE;
+        }
+        bits | addr
     }
 
     #[inline]

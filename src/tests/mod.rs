@@ -3,6 +3,7 @@
 //! the pieces: entry encodings, the region set, the walker's split planning,
 //! and the address space's bookkeeping.
 
+mod core;
 mod model;
 mod pool;
 
@@ -24,8 +25,10 @@ fn rw() -> MappingFlags {
 // --- formats -------------------------------------------------------------
 
 fn roundtrip<F: Format>() {
-    let hpa = Hpa::from_usize(0x000f_ffff_ffff_f000);
     for level in 0..=2 {
+        // The highest frame a leaf of this size can map (huge leaves are
+        // aligned to their size).
+        let hpa = Hpa::from_usize(0x0010_0000_0000_0000 - format::level_size(level));
         for owned in [false, true] {
             let raw = format::leaf::<F>(hpa, rw(), level, owned);
             assert_eq!(
@@ -40,6 +43,7 @@ fn roundtrip<F: Format>() {
             assert_eq!(F::unpark(parked), raw);
         }
     }
+    let hpa = Hpa::from_usize(0x000f_ffff_ffff_f000);
     let t = format::table::<F>(hpa);
     assert_eq!(format::decode::<F>(t, 1), Entry::Table(hpa));
     assert_eq!(F::unpark(F::park(t)), t);
@@ -131,8 +135,12 @@ fn region_set_remove_range_trims_splits_and_drops() {
     }
     // Split the first in the middle.
     set.reserve(pool.hooks(), 1).unwrap();
-    set.remove_range(Gpa::from_u64(0x2000), Gpa::from_u64(0x3000), pool.hooks())
-        .unwrap();
+    {
+        let mut spare = crate::region::Spare::new();
+        set.remove_range(Gpa::from_u64(0x2000), Gpa::from_u64(0x3000), &mut spare)
+            .unwrap();
+        spare.free(pool.hooks());
+    }
     assert_eq!(
         spans(&set),
         [
@@ -143,8 +151,12 @@ fn region_set_remove_range_trims_splits_and_drops() {
         ]
     );
     // Trim one's tail, drop one, trim one's head.
-    set.remove_range(Gpa::from_u64(0x4000), Gpa::from_u64(0xa000), pool.hooks())
-        .unwrap();
+    {
+        let mut spare = crate::region::Spare::new();
+        set.remove_range(Gpa::from_u64(0x4000), Gpa::from_u64(0xa000), &mut spare)
+            .unwrap();
+        spare.free(pool.hooks());
+    }
     assert_eq!(
         spans(&set),
         [(0x1000, 0x2000), (0x3000, 0x4000), (0xa000, 0xc000)]
@@ -182,8 +194,12 @@ fn region_set_grows_across_chunks_and_gives_them_back() {
     }
     assert!(pool.in_use() >= 2);
     assert_eq!(set.len(), n as usize);
-    set.remove_range(Gpa::from_u64(0), Gpa::from_u64(0x2000 * n), pool.hooks())
-        .unwrap();
+    {
+        let mut spare = crate::region::Spare::new();
+        set.remove_range(Gpa::from_u64(0), Gpa::from_u64(0x2000 * n), &mut spare)
+            .unwrap();
+        spare.free(pool.hooks());
+    }
     assert_eq!(set.len(), 0);
     assert_eq!(pool.in_use(), 0);
 }

@@ -22,6 +22,7 @@ struct State {
     free: Vec<usize>,
     budget: Option<usize>,
     flushes: usize,
+    last_flush: (u64, u64),
 }
 
 pub struct Pool {
@@ -68,11 +69,13 @@ unsafe extern "C" fn p2v(ctx: *mut c_void, hpa: u64) -> *mut c_void {
     unsafe { (pool.mem.as_ptr() as *mut u8).add(off).cast() }
 }
 
-unsafe extern "C" fn flush(ctx: *mut c_void, _gpa: u64, size: u64) {
+unsafe extern "C" fn flush(ctx: *mut c_void, gpa: u64, size: u64) {
     // SAFETY: as above.
     let pool = unsafe { &*(ctx as *const Pool) };
     assert!(size > 0);
-    pool.state.lock().unwrap().flushes += 1;
+    let mut st = pool.state.lock().unwrap();
+    st.flushes += 1;
+    st.last_flush = (gpa, size);
 }
 
 impl Pool {
@@ -86,6 +89,7 @@ impl Pool {
                 free: (0..frames).rev().collect(),
                 budget: None,
                 flushes: 0,
+                last_flush: (0, 0),
             }),
             // Replaced below once the pool has its final address.
             hooks: dummy_hooks(),
@@ -99,6 +103,7 @@ impl Pool {
             flush_tlb: Some(flush),
             alloc_contig: None,
             free_contig: None,
+            relax: None,
         };
         // SAFETY: the hooks above honour the contract for the pool's life.
         pool.hooks = unsafe { Hooks::from_c(&c) }.unwrap();
@@ -121,6 +126,17 @@ impl Pool {
 
     pub fn flushes(&self) -> usize {
         self.state.lock().unwrap().flushes
+    }
+
+    /// `(gpa, size)` of the last flush_tlb call.
+    pub fn last_flush(&self) -> (u64, u64) {
+        self.state.lock().unwrap().last_flush
+    }
+
+    /// The host's view of a frame of the pool.
+    pub fn virt(&self, hpa: u64) -> *mut u64 {
+        // SAFETY: the hook only computes an address.
+        unsafe { p2v(self as *const Pool as *mut c_void, hpa) }.cast()
     }
 
     pub fn fail_after(&self, n: usize) {
@@ -157,6 +173,7 @@ fn dummy_hooks() -> Hooks {
         flush_tlb: None,
         alloc_contig: None,
         free_contig: None,
+        relax: None,
     };
     // SAFETY: never called: replaced before use.
     unsafe { Hooks::from_c(&c) }.unwrap()

@@ -1,0 +1,265 @@
+//! The format-independent table code: everything that reads or changes the
+//! stage-2 table, for any [`Format`], as loops over one iterator
+//! ([`iter::Iter`]).
+//!
+//! Entries are `AtomicU64`s: vCPUs fault concurrently and the hardware sets
+//! accessed/dirty bits at any time. The rules, after KVM's TDP MMU and
+//! Hafnium:
+//!
+//! - **Faults** (`install.rs`, shared lock) only turn an empty entry into a
+//!   present one, with compare-exchange, using tables and a frame obtained
+//!   before the first one is linked (a failed allocation changes nothing). A
+//!   table or frame that loses a race was never visible and goes back unseen.
+//! - **Maps** (`map.rs`) **prepare, then commit**: prepare runs with no lock,
+//!   inside a claimed range (see `claims.rs`), parks new leaves and whole new
+//!   subtrees in the live table (non-present: no walker acts on them), and
+//!   builds what an empty slot shared with other ranges needs as a detached
+//!   *spine*; the commit links spines and unparks — it cannot fail. A failed
+//!   prepare is undone without the hardware ever having seen anything.
+//! - **Unmaps** (`unmap.rs`) split huge leaves at the edges with
+//!   compare-exchange (accessed/dirty kept), **detach** under the exclusive
+//!   lock (present → parked; emptied tables pruned), then — with no lock held —
+//!   the caller flushes once over everything detached, including the whole
+//!   span of every pruned table, and [`unmap`]'s reclaim frees it.
+//! - A **parked** entry met by a concurrent walker is *frozen*: a fault returns
+//!   at once as spurious (the guest re-faults), never spins.
+//! - The tables themselves are the only record: no side lists, no allocator.
+
+pub mod install;
+pub mod iter;
+pub mod map;
+pub mod read;
+pub mod unmap;
+
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::addr::{FRAME_SIZE, Hpa};
+use crate::error::{Error, Result};
+use crate::format::{self, Entry, Format, level_size};
+use crate::frames::Frames;
+use crate::hooks::Hooks;
+use crate::stats::Counters;
+use iter::{Descend, Iter, Visit};
+
+/// Entries in a non-root table.
+pub const ENTRIES: usize = FRAME_SIZE / 8;
+
+/// Zeroed table frames obtained before a change starts (KVM's "memory
+/// cache"): a fault or a split takes what it needs from here, so it either
+/// gets everything up front or changes nothing. Tables left over were never
+/// linked and go straight back ([`Walker::release_pool`]).
+#[derive(Default)]
+pub struct TablePool {
+    tables: [Option<Hpa>; 8],
+}
+
+impl TablePool {
+    /// An empty pool.
+    pub const fn new() -> Self {
+        Self { tables: [None; 8] }
+    }
+    fn take(&mut self) -> Option<Hpa> {
+        self.tables.iter_mut().find_map(Option::take)
+    }
+    fn put_back(&mut self, t: Hpa) -> Result {
+        let free = self.tables.iter_mut().find(|t| t.is_none());
+        *free.ok_or(Error::Internal)? = Some(t);
+        Ok(())
+    }
+}
+
+/// A view of one address space's table for format `F`.
+pub struct Walker<'a, F: Format> {
+    frames: Frames<'a>,
+    root: Hpa,
+    /// The root's host-virtual address, resolved once per address space: every
+    /// walk starts there, and `phys_to_virt` is stable for held frames.
+    root_virt: NonNull<u8>,
+    _format: PhantomData<F>,
+}
+
+impl<'a, F: Format> Walker<'a, F> {
+    /// The root's level.
+    pub const TOP: usize = F::LEVELS - 1;
+
+    /// A walker over the table rooted at `root`.
+    pub fn new(
+        hooks: &'a Hooks,
+        counters: &'a Counters,
+        (root, root_virt): (Hpa, NonNull<u8>),
+        frames_zeroed: bool,
+    ) -> Self {
+        Self {
+            frames: Frames::new(hooks, counters, frames_zeroed, F::EMPTY),
+            root,
+            root_virt,
+            _format: PhantomData,
+        }
+    }
+
+    /// Frame allocation and accounting for this operation.
+    pub fn frames(&self) -> &Frames<'a> {
+        &self.frames
+    }
+
+    /// The root table.
+    pub fn root(&self) -> Hpa {
+        self.root
+    }
+
+    /// Number of entries in a table at `level`.
+    const fn entries(level: usize) -> usize {
+        if level == F::LEVELS - 1 {
+            ENTRIES << F::ROOT_ORDER
+        } else {
+            ENTRIES
+        }
+    }
+
+    /// The entries of the table at `table` (which sits at `level`): one
+    /// `phys_to_virt` call per table visited, not per entry.
+    #[inline]
+    pub(crate) fn view(&self, table: Hpa, level: usize) -> Result<&[AtomicU64]> {
+        let base = if table == self.root {
+            self.root_virt
+        } else {
+            self.frames.hooks().virt(table)?
+        }
+        .cast::<AtomicU64>();
+        // SAFETY: `table` is a table frame this address space owns (reachable
+        // from the root, parked, or just allocated), `entries(level)` long,
+        // 8-byte aligned (`Hooks::virt` checks). Table frames are freed only
+        // after nothing can reach them: by the operation that detached them,
+        // after the flush, inside its claim — no other walker can be on them
+        // (see `unmap.rs`). All access is atomic.
+        Ok(unsafe { core::slice::from_raw_parts(base.as_ptr(), Self::entries(level)) })
+    }
+
+    /// Allocates a root table (`2^ROOT_ORDER` frames) with every entry empty.
+    pub fn create_root(hooks: &Hooks, counters: &Counters, frames_zeroed: bool) -> Result<Hpa> {
+        if F::ROOT_ORDER != 0 {
+            // Concatenated / x4 roots come with the ARM and RISC-V formats.
+            return Err(Error::Unsupported);
+        }
+        Frames::new(hooks, counters, frames_zeroed, F::EMPTY).alloc_table()
+    }
+
+    /// Reserves `n` empty tables in `pool`; all or nothing.
+    pub fn reserve_tables(&self, n: usize, pool: &mut TablePool) -> Result {
+        if n > pool.tables.len() {
+            return Err(Error::Internal);
+        }
+        for entry in pool.tables.iter_mut().take(n) {
+            match self.frames.alloc_table() {
+                Ok(t) => *entry = Some(t),
+                Err(e) => {
+                    self.release_pool(pool);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives back reserved tables that were not used (never visible).
+    pub fn release_pool(&self, pool: &mut TablePool) {
+        while let Some(t) = pool.take() {
+            // SAFETY: pool tables were never linked.
+            unsafe { self.frames.free_table(t) };
+        }
+    }
+
+    /// Frees what the unlinked entry `raw` (at `level`, translating from
+    /// `base`) holds: an owned frame, or a whole subtree and its table.
+    ///
+    /// # Safety
+    /// No hardware or software walker can reach `raw`'s frame or subtree any
+    /// more (never linked, or unlinked and flushed since).
+    pub(crate) unsafe fn release_entry(&self, raw: u64, level: usize, base: usize) -> Result {
+        let raw = if F::is_parked(raw) {
+            F::unpark(raw)
+        } else {
+            raw
+        };
+        match format::decode::<F>(raw, level) {
+            Entry::Leaf { hpa, owned: true } => {
+                if level != 0 {
+                    // Owned huge pages (from alloc_contig) do not exist yet.
+                    return Err(Error::Internal);
+                }
+                // SAFETY: per this function's contract.
+                unsafe { self.frames.free_guest(hpa) };
+            }
+            Entry::Table(next) if level > 0 => {
+                // SAFETY: per this function's contract.
+                unsafe { self.release_subtree(next, level - 1, base)? };
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Frees the table `table` at `level` (spanning from `base`) and
+    /// everything below it, children first.
+    ///
+    /// # Safety
+    /// As [`Walker::release_entry`].
+    pub(crate) unsafe fn release_subtree(&self, table: Hpa, level: usize, base: usize) -> Result {
+        let span = if level == Self::TOP {
+            Self::entries(level) * level_size(level)
+        } else {
+            level_size(level + 1)
+        };
+        let mut it = Iter::new(
+            self,
+            (table, level, base),
+            base,
+            base + span,
+            Descend::Parked,
+        )?;
+        while let Some(v) = it.next()? {
+            match v {
+                Visit::Slot(s) => {
+                    let raw = if F::is_parked(s.raw) {
+                        F::unpark(s.raw)
+                    } else {
+                        s.raw
+                    };
+                    if let Entry::Leaf { hpa, owned: true } = format::decode::<F>(raw, s.level) {
+                        if s.level != 0 {
+                            return Err(Error::Internal);
+                        }
+                        // SAFETY: per this function's contract.
+                        unsafe { self.frames.free_guest(hpa) };
+                    }
+                }
+                // SAFETY: every entry below it was released just before.
+                Visit::Leave { table, .. } => unsafe { self.frames.free_table(table) },
+            }
+        }
+        // SAFETY: as above, for the top table.
+        unsafe { self.frames.free_table(table) };
+        Ok(())
+    }
+
+    /// Frees every frame and table, root included.
+    ///
+    /// # Safety
+    /// No hardware walker uses this table any more (the caller flushed), and
+    /// no other thread touches the address space.
+    pub unsafe fn release_all(&self) -> Result {
+        // SAFETY: per this function's contract.
+        unsafe { self.release_subtree(self.root, Self::TOP, 0) }
+    }
+
+    /// True if nothing in the table is present (entries are empty or parked
+    /// by the caller's own operation).
+    pub(crate) fn table_is_unused(&self, table: Hpa, level: usize) -> Result<bool> {
+        Ok(self.view(table, level)?.iter().all(|e| {
+            let raw = e.load(Ordering::Acquire);
+            raw == F::EMPTY || F::is_parked(raw)
+        }))
+    }
+}

@@ -1,0 +1,261 @@
+//! Unmap: split the edges, detach (exclusive lock), flush, reclaim (no lock).
+//!
+//! 1. [`Walker::split_at`] turns a huge leaf that straddles an edge into a
+//!    table of smaller leaves mapping the same bytes the same way. The new
+//!    table is built from the leaf's current value and swapped in with a
+//!    compare-exchange, so accessed/dirty bits the hardware sets meanwhile are
+//!    never lost (a failed exchange rebuilds from the new value).
+//! 2. [`Walker::detach`] (exclusive lock) turns every present entry in the
+//!    range into a parked one: owned leaves and whole subtrees keep their
+//!    address for the reclaim; linear leaves are just cleared. A table left
+//!    with nothing present whose span nobody else uses is *pruned*: its own
+//!    entry is parked too. [`Detached`] covers the whole span of every pruned
+//!    table — a cached translation or paging-structure entry may name any
+//!    address it translated, not just the unmapped bytes.
+//! 3. The caller releases the lock and flushes: [`Detached::flush`] calls the
+//!    hook and returns [`Flushed`], the only way to reclaim.
+//! 4. [`Walker::reclaim`] (no lock) clears the parked entries and frees what
+//!    they held. Parked entries are frozen to every walker meanwhile.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::addr::Gpa;
+use crate::error::{Error, Result};
+use crate::format::{self, Entry, Format, level_size};
+use crate::hooks::Hooks;
+use crate::sync::Exclusive;
+
+use super::iter::{Descend, Iter, Visit};
+use super::{TablePool, Walker};
+
+/// What a detach removed from the hardware's view.
+#[must_use = "flush, then reclaim"]
+#[derive(Debug)]
+pub struct Detached {
+    /// The range that was unmapped.
+    start: usize,
+    end: usize,
+    /// Span of every detached entry (`lo == hi`: nothing; no flush owed).
+    lo: usize,
+    hi: usize,
+}
+
+impl Detached {
+    fn note(&mut self, a: usize, b: usize) {
+        if self.lo == self.hi {
+            (self.lo, self.hi) = (a, b);
+        } else {
+            self.lo = self.lo.min(a);
+            self.hi = self.hi.max(b);
+        }
+    }
+
+    /// The guest-physical range a flush must cover (empty: none owed).
+    pub fn flush_range(&self) -> (usize, usize) {
+        (self.lo, self.hi)
+    }
+
+    /// Everything the operation touched: the unmapped range and the spans of
+    /// pruned tables (what the caller's claim must cover until the reclaim).
+    pub fn span(&self) -> (usize, usize) {
+        if self.lo == self.hi {
+            (self.start, self.end)
+        } else {
+            (self.start.min(self.lo), self.end.max(self.hi))
+        }
+    }
+
+    /// Invalidates the guest's translations of everything detached (one
+    /// `flush_tlb` call, none if nothing present was removed). Call with no
+    /// lock held: the host's flush may wait for other CPUs.
+    pub fn flush(self, hooks: &Hooks) -> Flushed {
+        if self.lo != self.hi {
+            hooks.flush(self.lo as u64, (self.hi - self.lo) as u64);
+        }
+        Flushed(self)
+    }
+}
+
+/// Proof that the flush covering a [`Detached`] ran.
+#[must_use = "reclaim what was detached"]
+pub struct Flushed(Detached);
+
+/// What detach needs from the address space while it runs.
+pub trait DetachCtx {
+    /// Proof that the caller holds the exclusive lock (now; `None` would be
+    /// a broken invariant).
+    fn exclusive(&self) -> Option<Exclusive<'_>>;
+    /// True if anything besides the range being unmapped — a region, another
+    /// operation's claim — lies in `[lo, hi)`: a table spanning it stays.
+    fn in_use(&self, lo: usize, hi: usize) -> bool;
+    /// The detach pruned a table spanning `[lo, hi)`: the caller's claim must
+    /// cover it before the lock is ever released.
+    fn widen(&mut self, lo: usize, hi: usize) -> Result;
+    /// A yield point: may release and retake the exclusive lock if others
+    /// wait (the range is claimed and its regions are gone, so the state
+    /// between two steps is consistent).
+    fn pause(&mut self);
+}
+
+/// Visits between two yield points of a detach.
+const YIELD_EVERY: usize = 64;
+
+/// Parks `entry` (seen as `raw`): swap, not store — the hardware may have just
+/// set accessed/dirty; the parked value keeps the address for the reclaim.
+fn park<F: Format>(_x: &Exclusive<'_>, entry: &AtomicU64, keep: bool) {
+    let old = entry.swap(F::EMPTY, Ordering::AcqRel);
+    if keep {
+        entry.store(F::park(old), Ordering::Relaxed);
+    }
+}
+
+impl<'a, F: Format> Walker<'a, F> {
+    /// The present leaf covering `gpa` and its level, if it is a huge leaf.
+    fn huge_leaf_at(&self, gpa: usize) -> Result<Option<usize>> {
+        if gpa >= 1usize << F::GPA_BITS {
+            return Ok(None);
+        }
+        Ok(self
+            .lookup(Gpa::from_usize(gpa))?
+            .and_then(|(_, level)| (level > 0).then_some(level)))
+    }
+
+    /// How many tables splitting huge leaves so that both `start` and `end`
+    /// become leaf boundaries takes (0 when no huge leaf straddles them).
+    pub fn split_tables_needed(&self, start: Gpa, end: Gpa) -> Result<usize> {
+        // (level, base) of every huge leaf the first edge's split breaks up.
+        let mut split: [(usize, usize); 4] = [(usize::MAX, 0); 4];
+        let mut n = 0;
+        for x in [start.as_usize(), end.as_usize()] {
+            let Some(mut level) = self.huge_leaf_at(x)? else {
+                continue;
+            };
+            let base = |l: usize| x & !(level_size(l) - 1);
+            while level > 0 && split.contains(&(level, base(level))) {
+                level -= 1;
+            }
+            while level > 0 && x % level_size(level) != 0 {
+                *split.get_mut(n).ok_or(Error::Internal)? = (level, base(level));
+                n += 1;
+                level -= 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Splits the huge leaves covering `gpa` until `gpa` is a leaf boundary.
+    /// The translation is unchanged (the new table maps the same bytes the
+    /// same way), so no flush is needed for the split itself on x86.
+    pub fn split_at(&self, _x: &Exclusive<'_>, gpa: Gpa, pool: &mut TablePool) -> Result {
+        let x = gpa.as_usize();
+        while let Some(f) = self.find(Gpa::from_usize(x))? {
+            let level = f.level;
+            if level == 0 || x % level_size(level) == 0 {
+                return Ok(());
+            }
+            let Entry::Leaf { .. } = f.decode::<F>() else {
+                return Ok(());
+            };
+            let new = pool.take().ok_or(Error::Internal)?;
+            let children = self.view(new, level - 1)?;
+            let mut raw = f.raw;
+            loop {
+                for (i, c) in children.iter().enumerate() {
+                    c.store(F::child(raw, level, i), Ordering::Relaxed);
+                }
+                // Release: the children before the link.
+                match f.entry.compare_exchange(
+                    raw,
+                    format::table::<F>(new),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => break,
+                    // Only the hardware writes a live leaf meanwhile
+                    // (accessed/dirty): rebuild from what it wrote.
+                    Err(now) if now & !F::HW_BITS == raw & !F::HW_BITS => raw = now,
+                    Err(_) => {
+                        pool.put_back(new)?;
+                        return Err(Error::Internal);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every present entry in `[start, end)` from the hardware's view
+    /// (see the module docs). Edges must have been split first.
+    pub fn detach<C: DetachCtx>(&self, ctx: &mut C, start: Gpa, end: Gpa) -> Result<Detached> {
+        let (start, end) = (start.as_usize(), end.as_usize());
+        let mut d = Detached {
+            start,
+            end,
+            lo: 0,
+            hi: 0,
+        };
+        let mut it = Iter::root(self, start, end, Descend::Present)?;
+        let mut steps = 0usize;
+        while let Some(v) = it.next()? {
+            steps += 1;
+            if steps % YIELD_EVERY == 0 {
+                ctx.pause();
+            }
+            match v {
+                Visit::Slot(s) => match format::decode::<F>(s.raw, s.level) {
+                    Entry::Empty => {}
+                    Entry::Parked => return Err(Error::Internal),
+                    Entry::Leaf { owned, .. } => {
+                        if !s.whole() {
+                            return Err(Error::Internal);
+                        }
+                        park::<F>(&ctx.exclusive().ok_or(Error::Internal)?, s.entry, owned);
+                        d.note(s.base, s.span_end());
+                    }
+                    Entry::Table(_) if s.whole() => {
+                        it.step_over();
+                        park::<F>(&ctx.exclusive().ok_or(Error::Internal)?, s.entry, true);
+                        d.note(s.base, s.span_end());
+                    }
+                    Entry::Table(_) => {}
+                },
+                Visit::Leave {
+                    table,
+                    level,
+                    base,
+                    parent,
+                } => {
+                    let span_end = base + level_size(level + 1);
+                    let outside = (base < start && ctx.in_use(base, start))
+                        || (span_end > end && ctx.in_use(end, span_end));
+                    if !outside && self.table_is_unused(table, level)? {
+                        ctx.widen(base, span_end)?;
+                        park::<F>(&ctx.exclusive().ok_or(Error::Internal)?, parent, true);
+                        d.note(base, span_end);
+                    }
+                }
+            }
+        }
+        Ok(d)
+    }
+
+    /// After the flush: clears every parked entry in the detached span and
+    /// frees the frames and tables they held. Runs with no lock held; the
+    /// caller's claim keeps every other map and unmap out of the span.
+    pub fn reclaim(&self, flushed: Flushed) -> Result {
+        let (lo, hi) = flushed.0.span();
+        let mut it = Iter::root(self, lo, hi, Descend::Present)?;
+        while let Some(v) = it.next()? {
+            let Visit::Slot(s) = v else { continue };
+            if F::is_parked(s.raw) {
+                it.step_over();
+                s.entry.store(F::EMPTY, Ordering::Release);
+                // SAFETY: detached under the exclusive lock (no software
+                // walker can be below it since), and `flushed` proves the
+                // hardware's cached translations of it are gone.
+                unsafe { self.release_entry(s.raw, s.level, s.base)? };
+            }
+        }
+        Ok(())
+    }
+}
