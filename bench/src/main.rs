@@ -307,7 +307,6 @@ fn ax_hooks(p: &Pool) -> Hooks {
         alloc_contig: None,
         free_contig: None,
         relax: None,
-        relax: None,
     }
 }
 
@@ -844,7 +843,6 @@ impl Bench {
                         alloc_contig: None,
                         free_contig: None,
                         relax: None,
-                        relax: None,
                     };
                     let s = Space::create(&hooks, z.ax_flags(), WIN_BASE, WIN_SIZE);
                     // SAFETY: live handle.
@@ -984,7 +982,6 @@ impl Bench {
             flush_tlb: Some(pool::mt_hook_flush),
             alloc_contig: None,
             free_contig: None,
-            relax: None,
             relax: None,
         }
     }
