@@ -1045,7 +1045,10 @@ impl Bench {
         let other = GPA + (4u64 << 30);
         let limit = std::time::Duration::from_secs(if self.o.short { 5 } else { 20 });
         let (mut p99s, mut maxs, mut counts, mut pop_ns) = (vec![], vec![], vec![], vec![]);
-        for _rep in 0..self.o.reps + 1 {
+        // Control rounds: the same two threads, but the timed loop calls nothing
+        // (what preemption and the other builds on this machine cost alone).
+        let (mut c_p99s, mut c_maxs) = (vec![], vec![]);
+        for (_rep, control) in (0..self.o.reps + 1).flat_map(|r| [(r, false), (r, true)]) {
             mt.reset();
             if self.o.short {
                 self.map.fill(0, self.map.frames, 0xa5);
@@ -1070,7 +1073,7 @@ impl Bench {
                     loop {
                         let t = Instant::now();
                         // SAFETY: live handle; faults are concurrent-safe.
-                        let rc = unsafe { ffi::axalloc_handle_fault(s.0, other, ffi::READ) };
+                        let rc = if control { black_box(ffi::OK) } else { unsafe { ffi::axalloc_handle_fault(s.0, other, ffi::READ) } };
                         let ns = t.elapsed().as_nanos();
                         bad += (rc != ffi::OK) as usize;
                         lat.push(ns.min(u32::MAX as u128) as u32);
@@ -1117,6 +1120,23 @@ impl Bench {
             }
             lat.sort_unstable();
             let n = lat.len();
+            let over = lat.partition_point(|&x| x < 1_000_000);
+            if !self.o.short {
+                self.info.push(format!(
+                    "7b {}round: {n} {}, p99 {} ns, p99.9 {} ns, max {} ns, {} ≥ 1 ms",
+                    if control { "control " } else { "" },
+                    if control { "empty timed iterations" } else { "faults" },
+                    lat[(n * 99 / 100).min(n - 1)],
+                    lat[(n * 999 / 1000).min(n - 1)],
+                    lat[n - 1],
+                    n - over,
+                ));
+            }
+            if control {
+                c_p99s.push(lat[(n * 99 / 100).min(n - 1)] as f64);
+                c_maxs.push(lat[n - 1] as f64);
+                continue;
+            }
             p99s.push(lat[(n * 99 / 100).min(n - 1)] as f64);
             maxs.push(lat[n - 1] as f64);
             counts.push(n as f64);
@@ -1127,6 +1147,9 @@ impl Bench {
         self.row(format!("7b. spurious fault during a {mb} MiB populate: p99 (ns/fault)"), p99, None, "other thread populating; per-round p99");
         self.row(format!("7b. spurious fault during a {mb} MiB populate: max (ns/fault)"), mx, None, "per-round worst case");
         self.row("7b. faults completed during the populate (count)", cnt, None, "count, not ns");
+        let (cp, cm) = (median(&mut c_p99s), median(&mut c_maxs));
+        self.row("7b. control, empty timed loop during the populate: p99 (ns)", cp, None, "no library call: host noise");
+        self.row("7b. control, empty timed loop during the populate: max (ns)", cm, None, "preemption by other load shows here");
         self.row(format!("7b. the concurrent {mb} MiB populate (ns/page)"), pp, None, "populating thread");
         if let Some(m) = mx {
             self.target(
