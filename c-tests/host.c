@@ -2,10 +2,12 @@
 #define _POSIX_C_SOURCE 200809L
 #include "host.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define ADDR_MASK 0x000ffffffffff000ull
 
@@ -328,4 +330,187 @@ axalloc_stats_t th_stats(const th_fx_t *f) {
   axalloc_stats_t s;
   if (axalloc_as_stats(f->as, &s) != AXALLOC_OK) abort();
   return s;
+}
+
+bool th_clear_leaf_bits(th_pool_t *p, uint64_t gpa, uint64_t bits) {
+  if (!p->as) return false;
+  uint64_t table = axalloc_as_root(p->as);
+  for (int l = 3; l >= 0; l--) {
+    uint64_t *t = th_virt(p, table);
+    if (!t) return false;
+    uint64_t *e = &t[(gpa >> (12 + 9 * l)) & 511];
+    uint64_t raw = load(e);
+    if (!present(p, raw)) return false;
+    if (l == 0 || (raw & (1u << 7))) {
+      __atomic_fetch_and(e, ~bits, __ATOMIC_SEQ_CST);
+      return true;
+    }
+    table = raw & ADDR_MASK;
+  }
+  return false;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Table listing. */
+
+static void list_tables(th_pool_t *p, uint64_t table, int level, uint64_t gpa, th_table_t *out, size_t max,
+                        size_t *n) {
+  const uint64_t *t = th_virt(p, table);
+  uint64_t entry = 1ull << (12 + 9 * level); /* bytes one entry translates */
+  if (*n < max) out[*n] = (th_table_t){table, level, gpa, level == 3 ? 1ull << 48 : 512 * entry};
+  (*n)++;
+  if (!t || level == 0) return;
+  for (int i = 0; i < 512; i++) {
+    uint64_t raw = load(&t[i]);
+    if (!present(p, raw) || (raw & (1u << 7))) continue; /* not present, or a huge leaf */
+    list_tables(p, raw & ADDR_MASK, level - 1, gpa + (uint64_t)i * entry, out, max, n);
+  }
+}
+
+size_t th_list_tables(th_pool_t *p, th_table_t *out, size_t max) {
+  size_t n = 0;
+  pthread_mutex_lock(&p->lock);
+  if (p->as && !p->destroyed) list_tables(p, axalloc_as_root(p->as), 3, 0, out, max, &n);
+  pthread_mutex_unlock(&p->lock);
+  return n;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Hook taps. */
+
+static int32_t tap_alloc(void *ctx, uint64_t *out) {
+  th_tap_t *t = ctx;
+  if (t->on_alloc) t->on_alloc(t);
+  return t->inner.alloc_frame(t->inner.ctx, out);
+}
+
+static void tap_free(void *ctx, uint64_t hpa) {
+  th_tap_t *t = ctx;
+  if (t->on_free) t->on_free(t, hpa);
+  t->inner.free_frame(t->inner.ctx, hpa);
+}
+
+static void *tap_p2v(void *ctx, uint64_t hpa) {
+  th_tap_t *t = ctx;
+  return t->inner.phys_to_virt(t->inner.ctx, hpa);
+}
+
+static void tap_flush(void *ctx, uint64_t gpa, uint64_t size) {
+  th_tap_t *t = ctx;
+  if (t->on_flush) t->on_flush(t, gpa, size);
+  t->inner.flush_tlb(t->inner.ctx, gpa, size);
+}
+
+th_fx_t th_fx_new_tapped(th_tap_t *tap, uint32_t format, uint32_t cfg_flags, uint64_t base, uint64_t size,
+                         size_t frames) {
+  th_fx_t f = {0};
+  f.format = format;
+  f.pool = th_pool_new(frames, 0x40000000ull, (cfg_flags & AXALLOC_CFG_FRAMES_ZEROED) != 0);
+  tap->inner = th_hooks(f.pool);
+  axalloc_hooks_t h = {0};
+  h.ctx = tap;
+  h.alloc_frame = tap_alloc;
+  h.free_frame = tap_free;
+  h.phys_to_virt = tap_p2v;
+  h.flush_tlb = tap_flush;
+  axalloc_config_t cfg = {format, cfg_flags, base, size};
+  axalloc_status_t st = axalloc_as_create(&cfg, &h, &f.as);
+  if (st != AXALLOC_OK) {
+    fprintf(stderr, "th_fx_new_tapped: axalloc_as_create: %s\n", axalloc_status_str(st));
+    abort();
+  }
+  th_attach(f.pool, f.as, format);
+  return f;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Side jobs. */
+
+enum { SIDE_IDLE, SIDE_TRIGGERED, SIDE_DONE, SIDE_CANCELLED };
+
+struct th_side {
+  pthread_mutex_t m;
+  pthread_cond_t c; /* on CLOCK_MONOTONIC */
+  pthread_t th;
+  void (*fn)(void *);
+  void *arg;
+  int state;
+};
+
+static void *side_main(void *arg) {
+  th_side_t *s = arg;
+  pthread_mutex_lock(&s->m);
+  while (s->state == SIDE_IDLE) pthread_cond_wait(&s->c, &s->m);
+  bool run = s->state == SIDE_TRIGGERED;
+  pthread_mutex_unlock(&s->m);
+  if (!run) return NULL;
+  s->fn(s->arg);
+  pthread_mutex_lock(&s->m);
+  s->state = SIDE_DONE;
+  pthread_cond_broadcast(&s->c);
+  pthread_mutex_unlock(&s->m);
+  return NULL;
+}
+
+th_side_t *th_side_new(void (*fn)(void *arg), void *arg) {
+  th_side_t *s = calloc(1, sizeof *s);
+  if (!s) abort();
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_mutex_init(&s->m, NULL);
+  pthread_cond_init(&s->c, &ca);
+  pthread_condattr_destroy(&ca);
+  s->fn = fn;
+  s->arg = arg;
+  s->state = SIDE_IDLE;
+  if (pthread_create(&s->th, NULL, side_main, s) != 0) abort();
+  return s;
+}
+
+/* Waits (s->m held) until fn has returned or timeout_s seconds passed. */
+static bool side_wait_done(th_side_t *s, unsigned timeout_s) {
+  struct timespec dl;
+  clock_gettime(CLOCK_MONOTONIC, &dl);
+  dl.tv_sec += (time_t)timeout_s;
+  while (s->state != SIDE_DONE)
+    if (pthread_cond_timedwait(&s->c, &s->m, &dl) == ETIMEDOUT) break;
+  return s->state == SIDE_DONE;
+}
+
+bool th_side_run(th_side_t *s, unsigned timeout_s) {
+  pthread_mutex_lock(&s->m);
+  if (s->state == SIDE_IDLE) {
+    s->state = SIDE_TRIGGERED;
+    pthread_cond_broadcast(&s->c);
+  }
+  bool done = side_wait_done(s, timeout_s);
+  pthread_mutex_unlock(&s->m);
+  return done;
+}
+
+bool th_side_triggered(th_side_t *s) {
+  pthread_mutex_lock(&s->m);
+  bool t = s->state == SIDE_TRIGGERED || s->state == SIDE_DONE;
+  pthread_mutex_unlock(&s->m);
+  return t;
+}
+
+bool th_side_end(th_side_t *s, unsigned timeout_s) {
+  pthread_mutex_lock(&s->m);
+  bool done = false;
+  if (s->state == SIDE_IDLE) {
+    s->state = SIDE_CANCELLED;
+    pthread_cond_broadcast(&s->c);
+  } else if (!(done = side_wait_done(s, timeout_s))) {
+    fprintf(stderr, "th_side_end: the side job is still blocked in the library after %u s; giving up\n", timeout_s);
+    fflush(NULL);
+    _Exit(1);
+  }
+  pthread_mutex_unlock(&s->m);
+  pthread_join(s->th, NULL);
+  pthread_cond_destroy(&s->c);
+  pthread_mutex_destroy(&s->m);
+  free(s);
+  return done;
 }

@@ -82,6 +82,64 @@ bool th_set_leaf_bits(th_pool_t *p, uint64_t gpa, uint64_t bits);
 /* Enables/disables the (slow) reachability check on every free. On by default. */
 void th_check_reachability(th_pool_t *p, bool on);
 
+/* Clears bits in the raw leaf mapping gpa (as a host would to write-protect a
+ * page); the counterpart of th_set_leaf_bits. False if no present leaf maps
+ * gpa. */
+bool th_clear_leaf_bits(th_pool_t *p, uint64_t gpa, uint64_t bits);
+
+/* One table frame of the stage-2 table, as the pool decodes it. */
+typedef struct th_table {
+  uint64_t hpa;  /* the table frame */
+  int level;     /* 3 = root, 2 = 1 GiB entries, 1 = 2 MiB entries, 0 = 4 KiB entries */
+  uint64_t gpa;  /* first guest-physical address it translates */
+  uint64_t span; /* bytes of guest-physical space it translates: 512 entries
+                    of the level's page size (2 MiB at level 0, 1 GiB at 1,
+                    512 GiB at 2, 2^48 for the root) */
+} th_table_t;
+/* Lists the table frames the table reaches now, root first, parents before
+ * children; writes at most `max` to `out` and returns how many there are. */
+size_t th_list_tables(th_pool_t *p, th_table_t *out, size_t max);
+
+/*
+ * Hook taps: a test's callbacks that run inside the library's hook calls,
+ * before the pool's own hook. A callback runs on the thread that called into
+ * the library, possibly while the library holds its lock, and with no pool
+ * lock held — so it may block, e.g. wait for another thread that calls into
+ * the same address space (as a host's flush that IPIs vCPUs would). Each
+ * callback is optional and may be changed between library calls; callbacks
+ * that other threads can reach must be thread-safe.
+ */
+typedef struct th_tap th_tap_t;
+struct th_tap {
+  void *arg; /* for the callbacks; never touched by the host */
+  void (*on_alloc)(th_tap_t *t);                          /* before alloc_frame */
+  void (*on_free)(th_tap_t *t, uint64_t hpa);             /* before free_frame */
+  void (*on_flush)(th_tap_t *t, uint64_t gpa, uint64_t size); /* before flush_tlb */
+  axalloc_hooks_t inner; /* the pool's hooks; set by th_fx_new_tapped */
+};
+
+/*
+ * A side job: a thread that waits until it is triggered, runs fn(arg) once
+ * and reports completion. For tests that, from inside a hook, need another
+ * thread to make progress in the library and must not hang if it cannot:
+ * every wait has a timeout.
+ */
+typedef struct th_side th_side_t;
+/* Starts the thread (aborts if it cannot). */
+th_side_t *th_side_new(void (*fn)(void *arg), void *arg);
+/* Triggers fn (the first call only) and waits up to timeout_s seconds for it
+ * to return. True if it has returned. */
+bool th_side_run(th_side_t *s, unsigned timeout_s);
+/* True if fn was triggered at least once. */
+bool th_side_triggered(th_side_t *s);
+/* Ends the side job: if it was never triggered, the thread exits without
+ * running fn; otherwise waits up to timeout_s seconds for fn to return, and
+ * if it does not, reports that and ends the process (exit status 1) — the
+ * thread is stuck inside the library and the address space cannot be
+ * destroyed under it. Joins the thread and frees `s`. Returns whether fn ran
+ * to completion. */
+bool th_side_end(th_side_t *s, unsigned timeout_s);
+
 #endif
 
 /* A fixture: one pool + one address space attached to it. */
@@ -100,3 +158,8 @@ th_fx_t th_fx_new(uint32_t format, uint32_t cfg_flags, uint64_t base, uint64_t s
 int th_fx_done(th_fx_t *f);
 /* Stats shortcut (aborts on error). */
 axalloc_stats_t th_stats(const th_fx_t *f);
+/* As th_fx_new, but the address space's hooks go through `tap` (its
+ * callbacks first, then the pool's hooks). `tap` must stay valid until
+ * th_fx_done returns; its callbacks are also called by the destroy. */
+th_fx_t th_fx_new_tapped(th_tap_t *tap, uint32_t format, uint32_t cfg_flags, uint64_t base, uint64_t size,
+                         size_t frames);
