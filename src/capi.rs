@@ -140,7 +140,8 @@ pub struct axalloc_hooks {
     /// on every CPU that may hold one (INVEPT, NPT ASID flush, ...), and
     /// returns when that is done. The range covers every removed entry and
     /// the whole span of every table the unmap frees (a paging-structure
-    /// cache may hold any of it), so it can exceed the unmapped bytes. Never
+    /// cache may hold any of it), so it can exceed the unmapped bytes; it
+    /// always lies inside the address space's window. Never
     /// called with size 0, at most once per `axalloc_unmap`, never for
     /// mappings being added. If NULL, the host guarantees no CPU holds stale
     /// translations by other means (e.g. no vCPU runs while it unmaps).

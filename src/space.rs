@@ -477,7 +477,8 @@ impl AddrSpace {
         let Unmapping { guard, claim, .. } = ctx;
         drop(guard);
         w.release_pool(&mut pool);
-        let result = detached.and_then(|d| w.reclaim(d.flush(&self.hooks)));
+        let window = (self.config.base.as_usize(), self.config.end());
+        let result = detached.and_then(|d| w.reclaim(d.flush(&self.hooks, window)));
         let mut m = self.lock_exclusive();
         m.claims.release(claim);
         m.regions.shrink(&mut spare);

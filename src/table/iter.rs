@@ -86,6 +86,55 @@ pub enum Visit<'t> {
     },
 }
 
+/// The entry of `view` (a table at `level`) that translates `gpa`. A table
+/// at the top of a walk may be a multi-page root; every table has a
+/// power-of-two number of entries, so masking picks the slot.
+#[inline]
+fn slot_of(view: &[AtomicU64], gpa: usize, level: usize) -> Result<&AtomicU64> {
+    let index = (gpa >> (12 + 9 * level)) & view.len().wrapping_sub(1);
+    view.get(index).ok_or(Error::Internal)
+}
+
+/// Where a walk towards one address stopped.
+pub struct Found<'t> {
+    /// The entry: a leaf, an empty or a parked entry, at `level`.
+    pub entry: &'t AtomicU64,
+    /// Its value.
+    pub raw: u64,
+    /// Its level.
+    pub level: usize,
+}
+
+impl Found<'_> {
+    /// What the entry means.
+    #[inline]
+    pub fn decode<F: Format>(&self) -> Entry {
+        format::decode::<F>(self.raw, self.level)
+    }
+}
+
+/// The iterator's single-address mode, for the hot paths (translate, the
+/// fault's probe): the walk a range of one byte takes — one slot per level,
+/// descending through present tables — without the bookkeeping a range walk
+/// needs. Returns the first entry that is not a present table: a leaf, an
+/// empty or a parked entry. `gpa` must lie in the format's address space.
+#[inline]
+pub fn point<'t, F: Format>(walker: &'t Walker<'_, F>, gpa: usize) -> Result<Found<'t>> {
+    let mut table = walker.root();
+    let mut level = Walker::<F>::TOP;
+    loop {
+        let entry = slot_of(walker.view(table, level)?, gpa, level)?;
+        let raw = entry.load(Ordering::Acquire);
+        match format::decode::<F>(raw, level) {
+            Entry::Table(next) if level > 0 => {
+                table = next;
+                level -= 1;
+            }
+            _ => return Ok(Found { entry, raw, level }),
+        }
+    }
+}
+
 /// The pre-order iterator (see the module docs).
 pub struct Iter<'t, 'w, F: Format> {
     walker: &'t Walker<'w, F>,
@@ -184,12 +233,14 @@ impl<'t, 'w, F: Format> Iter<'t, 'w, F> {
         if level == 0 {
             return None;
         }
-        let raw = match format::decode::<F>(raw, level) {
-            Entry::Parked if self.descend == Descend::Parked => F::unpark(raw),
-            _ => raw,
-        };
         match format::decode::<F>(raw, level) {
             Entry::Table(t) => Some(t),
+            Entry::Parked if self.descend == Descend::Parked => {
+                match format::decode::<F>(F::unpark(raw), level) {
+                    Entry::Table(t) => Some(t),
+                    _ => None,
+                }
+            }
             _ => None,
         }
     }
@@ -260,10 +311,7 @@ impl<'t, 'w, F: Format> Iter<'t, 'w, F> {
     fn yield_slot(&mut self) -> Result<Option<Visit<'t>>> {
         let level = self.level;
         let view = *self.views.get(level).ok_or(Error::Internal)?;
-        let index = (self.pos >> (12 + 9 * level)) % view.len().max(1);
-        // A table at the top of the walk may be the multi-page root; below,
-        // every table has 512 entries, so the modulo picks the slot.
-        let entry = view.get(index).ok_or(Error::Internal)?;
+        let entry = slot_of(view, self.pos, level)?;
         let raw = entry.load(Ordering::Acquire);
         self.cur = Some((entry, raw));
         let size = level_size(level);

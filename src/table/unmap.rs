@@ -66,11 +66,16 @@ impl Detached {
     }
 
     /// Invalidates the guest's translations of everything detached (one
-    /// `flush_tlb` call, none if nothing present was removed). Call with no
-    /// lock held: the host's flush may wait for other CPUs.
-    pub fn flush(self, hooks: &Hooks) -> Flushed {
-        if self.lo != self.hi {
-            hooks.flush(self.lo as u64, (self.hi - self.lo) as u64);
+    /// `flush_tlb` call, none if nothing present was removed), clipped to the
+    /// address space's window `[base, end)`: nothing outside it was ever
+    /// mapped, and a range invalidation of the addresses inside a pruned
+    /// table's span also drops the walk-cache entries for that span (the
+    /// unmapped addresses are always inside). Call with no lock held: the
+    /// host's flush may wait for other CPUs.
+    pub fn flush(self, hooks: &Hooks, (base, end): (usize, usize)) -> Flushed {
+        let (lo, hi) = (self.lo.max(base), self.hi.min(end));
+        if lo < hi {
+            hooks.flush(lo as u64, (hi - lo) as u64);
         }
         Flushed(self)
     }

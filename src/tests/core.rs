@@ -209,6 +209,7 @@ fn unmap_flush_covers_pruned_tables() {
         // The PDPT freed translated [0, 512 GiB): the flush must cover it.
         let (gpa, size) = pool.last_flush();
         assert!(gpa == 0 && size >= 512 * GIB, "flush {gpa:#x}+{size:#x}");
+        assert!(gpa + size <= 1 << 40, "inside the window");
         // A neighbour keeps the tables: the flush covers the page alone.
         s.map_alloc(0x1000, 0x1000, rw(), false).unwrap();
         s.map_alloc(0x3000, 0x1000, rw(), false).unwrap();
