@@ -219,6 +219,7 @@ fn region_set_reserve_fails_cleanly() {
 // --- address space -------------------------------------------------------
 
 #[test]
+#[cfg_attr(miri, ignore = "64 MiB of frames: too slow to interpret")]
 fn populate_uses_the_four_level_minimum_of_tables() {
     let pool = Pool::new(17000);
     let space = pool.space(crate::format::FormatKind::X86Ept, 4 * GIB);
@@ -298,7 +299,7 @@ fn concurrent_faults_on_one_page_install_one_frame() {
     std::thread::scope(|scope| {
         for _ in 0..4 {
             scope.spawn(|| {
-                for _ in 0..200 {
+                for _ in 0..if cfg!(miri) { 10 } else { 200 } {
                     s.handle_fault(0x20_0000, write).unwrap();
                 }
             });
