@@ -292,7 +292,7 @@ th_fx_t th_fx_new(uint32_t format, uint32_t cfg_flags, uint64_t base, uint64_t s
   th_fx_t f = {0};
   f.format = format;
   f.pool = th_pool_new(frames, 0x40000000ull, (cfg_flags & AXALLOC_CFG_FRAMES_ZEROED) != 0);
-  axalloc_config_t cfg = {format, cfg_flags, base, size};
+  axalloc_config_t cfg = {format, cfg_flags, base, size, 0};
   axalloc_hooks_t h = th_hooks(f.pool);
   axalloc_status_t st = axalloc_as_create(&cfg, &h, &f.as);
   if (st != AXALLOC_OK) {
@@ -413,7 +413,7 @@ th_fx_t th_fx_new_tapped(th_tap_t *tap, uint32_t format, uint32_t cfg_flags, uin
   h.free_frame = tap_free;
   h.phys_to_virt = tap_p2v;
   h.flush_tlb = tap_flush;
-  axalloc_config_t cfg = {format, cfg_flags, base, size};
+  axalloc_config_t cfg = {format, cfg_flags, base, size, 0};
   axalloc_status_t st = axalloc_as_create(&cfg, &h, &f.as);
   if (st != AXALLOC_OK) {
     fprintf(stderr, "th_fx_new_tapped: axalloc_as_create: %s\n", axalloc_status_str(st));

@@ -136,8 +136,8 @@ file(CONFIGURE OUTPUT "${_plat_gen}/header_c.c" @ONLY CONTENT [=[
 
 #if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
 _Static_assert(sizeof(axalloc_status_t) == 4, "axalloc_status_t is int32_t-sized");
-_Static_assert(sizeof(axalloc_config_t) == 24, "axalloc_config_t layout");
-_Static_assert(sizeof(axalloc_stats_t) == 40, "axalloc_stats_t layout");
+_Static_assert(sizeof(axalloc_config_t) == 32, "axalloc_config_t layout");
+_Static_assert(sizeof(axalloc_stats_t) == 48, "axalloc_stats_t layout");
 #endif
 
 static int check(int ok, int code) { return ok ? 0 : code; }
@@ -180,12 +180,12 @@ file(CONFIGURE OUTPUT "${_plat_gen}/header_cxx.cpp" @ONLY CONTENT [=[
 #include <cstring>
 
 static_assert(sizeof(axalloc_status_t) == 4, "axalloc_status_t is int32_t-sized");
-static_assert(sizeof(axalloc_stats_t) == 40, "axalloc_stats_t layout");
+static_assert(sizeof(axalloc_stats_t) == 48, "axalloc_stats_t layout");
 
 int main() {
   const char *s = axalloc_status_str(AXALLOC_ERR_NO_MEMORY);
   if (s == nullptr || std::strcmp(s, "AXALLOC_ERR_NO_MEMORY") != 0) return 1;
-  axalloc_config_t cfg = {AXALLOC_FORMAT_X86_NPT, 0, 0, 4096};
+  axalloc_config_t cfg = {AXALLOC_FORMAT_X86_NPT, 0, 0, 4096, 0};
   axalloc_hooks_t hooks = {};
   axalloc_as_t *as = nullptr;
   if (axalloc_as_create(&cfg, &hooks, &as) != AXALLOC_ERR_INVALID || as != nullptr) return 2;
@@ -327,7 +327,7 @@ static void bm_flush(void *ctx, uint64_t gpa, uint64_t size) {
 int bm_main(void);
 int bm_main(void) {
   axalloc_hooks_t h = {0, bm_alloc, bm_free, bm_p2v, bm_flush, 0, 0, 0};
-  axalloc_config_t cfg = {AXALLOC_FORMAT_X86_EPT, 0, 0, 1ull << 32};
+  axalloc_config_t cfg = {AXALLOC_FORMAT_X86_EPT, 0, 0, 1ull << 32, 0};
   axalloc_as_t *as = 0;
   axalloc_stats_t st;
   uint64_t hpa = 0, ps = 0;

@@ -159,7 +159,7 @@ static inline th_fx_t xfx_new(xhost_t *x, uint32_t format, uint32_t cfg_flags, u
   h.free_frame = xh_free;
   h.phys_to_virt = xh_p2v;
   h.flush_tlb = xh_flush;
-  axalloc_config_t cfg = {format, cfg_flags, base, size};
+  axalloc_config_t cfg = {format, cfg_flags, base, size, 0};
   if (axalloc_as_create(&cfg, &h, &f.as) != AXALLOC_OK) {
     fprintf(stderr, "xfx_new: create failed\n");
     abort();

@@ -19,6 +19,6 @@ function(axalloc_semantics_test exe)
   axalloc_c_test(${exe} SOURCES ${exe}.c TESTS ${names})
 endfunction()
 
-foreach(exe IN ITEMS test_create test_map test_unmap test_fault test_copy test_api test_core)
+foreach(exe IN ITEMS test_create test_map test_unmap test_fault test_copy test_api test_reserve test_fastpath test_core)
   axalloc_semantics_test(${exe})
 endforeach()

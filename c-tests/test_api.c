@@ -16,11 +16,12 @@ _Static_assert(AXALLOC_FORMAT_X86_EPT == 1u && AXALLOC_FORMAT_X86_NPT == 2u, "fo
 _Static_assert(AXALLOC_CFG_FRAMES_ZEROED == 1u && AXALLOC_CFG_NO_HUGE_1G == 2u, "cfg flags");
 _Static_assert(offsetof(axalloc_config_t, format) == 0 && offsetof(axalloc_config_t, flags) == 4 &&
                    offsetof(axalloc_config_t, base) == 8 && offsetof(axalloc_config_t, size) == 16 &&
-                   sizeof(axalloc_config_t) == 24,
+                   offsetof(axalloc_config_t, linear_offset) == 24 && sizeof(axalloc_config_t) == 32,
                "config layout");
 _Static_assert(offsetof(axalloc_stats_t, regions) == 0 && offsetof(axalloc_stats_t, mapped_bytes) == 8 &&
                    offsetof(axalloc_stats_t, guest_frames) == 16 && offsetof(axalloc_stats_t, table_frames) == 24 &&
-                   offsetof(axalloc_stats_t, faults) == 32 && sizeof(axalloc_stats_t) == 40,
+                   offsetof(axalloc_stats_t, faults) == 32 && offsetof(axalloc_stats_t, reserve_frames) == 40 &&
+                   sizeof(axalloc_stats_t) == 48,
                "stats layout");
 _Static_assert(offsetof(axalloc_hooks_t, ctx) == 0 &&
                    offsetof(axalloc_hooks_t, alloc_frame) == sizeof(void *) &&
@@ -62,7 +63,7 @@ static void api_null_out_pointers_are_invalid(void) {
   FOR_EACH_FORMAT(fmt) {
     th_fx_t f = th_fx_new(fmt, 0, 0, 4 * GIB, 256);
     CHECK_STATUS(axalloc_as_stats(f.as, NULL), AXALLOC_ERR_INVALID);
-    axalloc_config_t c = {fmt, 0, 0, GIB};
+    axalloc_config_t c = {fmt, 0, 0, GIB, 0};
     axalloc_hooks_t h = th_hooks(f.pool);
     size_t in_use = th_in_use(f.pool);
     CHECK_STATUS(axalloc_as_create(&c, &h, NULL), AXALLOC_ERR_INVALID);
@@ -159,7 +160,7 @@ static void api_optional_flush_hook_may_be_null(void) {
     th_check_reachability(p, false); /* the host "guarantees" no stale TLB itself */
     axalloc_hooks_t h = th_hooks(p);
     h.flush_tlb = NULL;
-    axalloc_config_t c = {fmt, 0, 0, 4 * GIB};
+    axalloc_config_t c = {fmt, 0, 0, 4 * GIB, 0};
     axalloc_as_t *as = NULL;
     CHECK_STATUS(axalloc_as_create(&c, &h, &as), AXALLOC_OK);
     CHECK_STATUS(axalloc_map_alloc(as, 0, 16 * PAGE, RW, true), AXALLOC_OK);

@@ -44,7 +44,7 @@ static void expect_create(const char *what, axalloc_config_t cfg, void (*tweak)(
 }
 
 static axalloc_config_t cfg_of(uint32_t format, uint32_t flags, uint64_t base, uint64_t size) {
-  axalloc_config_t c = {format, flags, base, size};
+  axalloc_config_t c = {format, flags, base, size, 0};
   return c;
 }
 

@@ -85,6 +85,14 @@
 #define AXALLOC_CFG_NO_HUGE_1G (1u << 1)
 
 /**
+ * The host maps every frame its hooks give at `hpa + cfg.linear_offset`
+ * (a direct map, as most hypervisors have): the library computes frames'
+ * addresses itself and never calls `phys_to_virt` for them (it still does
+ * for the passthrough ranges `axalloc_read`/`axalloc_write` copy through).
+ */
+#define AXALLOC_CFG_LINEAR_MAP (1u << 13)
+
+/**
  * Status of every libaxalloc call. Values are stable and never reused.
  */
 enum axalloc_status {
@@ -163,6 +171,12 @@ struct axalloc_config {
    * Size of the window in bytes.
    */
   uint64_t size;
+  /**
+   * With `AXALLOC_CFG_LINEAR_MAP`: host-virtual minus host-physical
+   * address of every frame the hooks give (4 KiB aligned; may wrap, as a
+   * higher-half direct map does). Must be 0 without the flag.
+   */
+  uint64_t linear_offset;
 };
 
 /**
@@ -281,6 +295,11 @@ struct axalloc_stats {
    * Faults resolved by allocating a frame (since creation).
    */
   uint64_t faults;
+  /**
+   * Zeroed frames held in the reserve (`axalloc_reserve`), not counted in
+   * `guest_frames` until a fault installs them.
+   */
+  uint64_t reserve_frames;
 };
 
 /**
@@ -351,6 +370,30 @@ uint64_t axalloc_as_root(const axalloc_as_t *as);
  * `as` is NULL or a live handle; `out` is NULL or writable.
  */
 axalloc_status_t axalloc_as_stats(const axalloc_as_t *as, axalloc_stats_t *out);
+
+/**
+ * Keeps `frames` zeroed frames ready for faults (Xen's populate-on-demand
+ * cache): a fault takes a frame from this reserve before it would call
+ * `alloc_frame`, so it neither zeroes nor calls a hook. Raising the number
+ * obtains frames through `alloc_frame` and zeroes them in bulk with
+ * streaming stores, here, with no lock held — call it from an idle loop or
+ * a background thread, and again to top the reserve up as faults use it.
+ * Lowering it (0 empties it) gives the surplus back through `free_frame`;
+ * `axalloc_as_destroy` gives back the rest. The reserve's size is
+ * `axalloc_stats_t.reserve_frames`; its frames count in no other field.
+ *
+ * - Errors: `AXALLOC_ERR_INVALID` (NULL `as`), `AXALLOC_ERR_NO_MEMORY`
+ *   (`alloc_frame` failed before the reserve reached `frames`: the frames
+ *   obtained so far are kept in the reserve — unlike every other call, this
+ *   one is not all-or-nothing, since a partly filled reserve is useful).
+ * - Thread-safe, concurrent with every call but `axalloc_as_destroy`; takes
+ *   no lock (the reserve is a lock-free stack); calls `alloc_frame`,
+ *   `phys_to_virt` and `free_frame`.
+ *
+ * # Safety
+ * `as` is NULL or a live handle.
+ */
+axalloc_status_t axalloc_reserve(axalloc_as_t *as, uint64_t frames);
 
 /**
  * Maps guest RAM at `[gpa, gpa + size)` backed by frames from `alloc_frame`.
@@ -472,6 +515,29 @@ axalloc_status_t axalloc_translate(const axalloc_as_t *as,
                                    uint64_t gpa,
                                    uint64_t *hpa_out,
                                    uint64_t *page_size_out);
+
+/**
+ * Translates `n` addresses at once: for each `i < n`, `hpas[i]` gets the
+ * host-physical address `gpas[i]` maps to (offset included) and, if
+ * `page_sizes` is not NULL, `page_sizes[i]` the leaf size — or
+ * `UINT64_MAX` and 0 for an address nothing present maps (no region, or a
+ * lazy page never touched; outside the window too). One shared lock and
+ * one tight loop whose independent walks the CPU overlaps: much cheaper per
+ * address than `axalloc_translate` for batches (IOMMU mirroring, migration,
+ * DMA scatter lists). The results are a snapshot under the lock.
+ *
+ * Errors: `AXALLOC_ERR_INVALID` (NULL `as`; NULL `gpas` or `hpas` with
+ * `n > 0`). `n == 0` returns `AXALLOC_OK`. Thread-safe, concurrent.
+ *
+ * # Safety
+ * `as` is NULL or a live handle; `gpas` has `n` readable elements, `hpas`
+ * (and `page_sizes` unless NULL) `n` writable ones, none overlapping.
+ */
+axalloc_status_t axalloc_translate_many(const axalloc_as_t *as,
+                                        const uint64_t *gpas,
+                                        uint64_t *hpas,
+                                        uint64_t *page_sizes,
+                                        size_t n);
 
 /**
  * Copies `len` bytes of guest memory at `gpa` into `buf`, as the hypervisor

@@ -98,7 +98,13 @@ pub const AXALLOC_CFG_FRAMES_ZEROED: u32 = 1 << 0;
 /// Never create 1 GiB leaves (for CPUs without 1 GiB stage-2 pages).
 pub const AXALLOC_CFG_NO_HUGE_1G: u32 = 1 << 1;
 
-const CFG_ALL: u32 = AXALLOC_CFG_FRAMES_ZEROED | AXALLOC_CFG_NO_HUGE_1G;
+/// The host maps every frame its hooks give at `hpa + cfg.linear_offset`
+/// (a direct map, as most hypervisors have): the library computes frames'
+/// addresses itself and never calls `phys_to_virt` for them (it still does
+/// for the passthrough ranges `axalloc_read`/`axalloc_write` copy through).
+pub const AXALLOC_CFG_LINEAR_MAP: u32 = 1 << 13;
+
+const CFG_ALL: u32 = AXALLOC_CFG_FRAMES_ZEROED | AXALLOC_CFG_NO_HUGE_1G | AXALLOC_CFG_LINEAR_MAP;
 
 /// The host's callbacks. Every hook receives `ctx` first. Hooks may be called
 /// from any thread that calls into the library, also concurrently, and must
@@ -177,6 +183,10 @@ pub struct axalloc_config {
     pub base: u64,
     /// Size of the window in bytes.
     pub size: u64,
+    /// With `AXALLOC_CFG_LINEAR_MAP`: host-virtual minus host-physical
+    /// address of every frame the hooks give (4 KiB aligned; may wrap, as a
+    /// higher-half direct map does). Must be 0 without the flag.
+    pub linear_offset: u64,
 }
 /// See `struct axalloc_config`.
 pub type axalloc_config_t = axalloc_config;
@@ -195,6 +205,9 @@ pub struct axalloc_stats {
     pub table_frames: u64,
     /// Faults resolved by allocating a frame (since creation).
     pub faults: u64,
+    /// Zeroed frames held in the reserve (`axalloc_reserve`), not counted in
+    /// `guest_frames` until a fault installs them.
+    pub reserve_frames: u64,
 }
 /// See `struct axalloc_stats`.
 pub type axalloc_stats_t = axalloc_stats;
@@ -272,8 +285,13 @@ pub unsafe extern "C" fn axalloc_as_create(
         base: Gpa::from_u64(cfg.base),
         size: cfg.size as usize,
     };
+    let linear = cfg.flags & AXALLOC_CFG_LINEAR_MAP != 0;
+    if cfg.linear_offset % 4096 != 0 || (!linear && cfg.linear_offset != 0) {
+        return AXALLOC_ERR_INVALID;
+    }
     // SAFETY: the hook pointers come with the header's contract.
     let hooks = match unsafe { Hooks::from_c(&hooks) } {
+        Ok(h) if linear => h.with_linear_map(cfg.linear_offset as usize),
         Ok(h) => h,
         Err(e) => return e.into(),
     };
@@ -340,10 +358,39 @@ pub unsafe extern "C" fn axalloc_as_stats(
         guest_frames: st.guest_frames,
         table_frames: st.table_frames,
         faults: st.faults,
+        reserve_frames: st.reserve_frames,
     };
     // SAFETY: non-NULL and writable per the contract.
     unsafe { out.write(c) };
     AXALLOC_OK
+}
+
+/// Keeps `frames` zeroed frames ready for faults (Xen's populate-on-demand
+/// cache): a fault takes a frame from this reserve before it would call
+/// `alloc_frame`, so it neither zeroes nor calls a hook. Raising the number
+/// obtains frames through `alloc_frame` and zeroes them in bulk with
+/// streaming stores, here, with no lock held — call it from an idle loop or
+/// a background thread, and again to top the reserve up as faults use it.
+/// Lowering it (0 empties it) gives the surplus back through `free_frame`;
+/// `axalloc_as_destroy` gives back the rest. The reserve's size is
+/// `axalloc_stats_t.reserve_frames`; its frames count in no other field.
+///
+/// - Errors: `AXALLOC_ERR_INVALID` (NULL `as`), `AXALLOC_ERR_NO_MEMORY`
+///   (`alloc_frame` failed before the reserve reached `frames`: the frames
+///   obtained so far are kept in the reserve — unlike every other call, this
+///   one is not all-or-nothing, since a partly filled reserve is useful).
+/// - Thread-safe, concurrent with every call but `axalloc_as_destroy`; takes
+///   no lock (the reserve is a lock-free stack); calls `alloc_frame`,
+///   `phys_to_virt` and `free_frame`.
+///
+/// # Safety
+/// `as` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn axalloc_reserve(r#as: *mut axalloc_as_t, frames: u64) -> axalloc_status_t {
+    let Some(s) = space(r#as) else {
+        return AXALLOC_ERR_INVALID;
+    };
+    status(s.set_reserve(frames))
 }
 
 /// Maps guest RAM at `[gpa, gpa + size)` backed by frames from `alloc_frame`.
@@ -513,6 +560,60 @@ pub unsafe extern "C" fn axalloc_translate(
         }
         Err(e) => e.into(),
     }
+}
+
+/// Translates `n` addresses at once: for each `i < n`, `hpas[i]` gets the
+/// host-physical address `gpas[i]` maps to (offset included) and, if
+/// `page_sizes` is not NULL, `page_sizes[i]` the leaf size — or
+/// `UINT64_MAX` and 0 for an address nothing present maps (no region, or a
+/// lazy page never touched; outside the window too). One shared lock and
+/// one tight loop whose independent walks the CPU overlaps: much cheaper per
+/// address than `axalloc_translate` for batches (IOMMU mirroring, migration,
+/// DMA scatter lists). The results are a snapshot under the lock.
+///
+/// Errors: `AXALLOC_ERR_INVALID` (NULL `as`; NULL `gpas` or `hpas` with
+/// `n > 0`). `n == 0` returns `AXALLOC_OK`. Thread-safe, concurrent.
+///
+/// # Safety
+/// `as` is NULL or a live handle; `gpas` has `n` readable elements, `hpas`
+/// (and `page_sizes` unless NULL) `n` writable ones, none overlapping.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn axalloc_translate_many(
+    r#as: *const axalloc_as_t,
+    gpas: *const u64,
+    hpas: *mut u64,
+    page_sizes: *mut u64,
+    n: usize,
+) -> axalloc_status_t {
+    let Some(s) = space(r#as) else {
+        return AXALLOC_ERR_INVALID;
+    };
+    if n == 0 {
+        return AXALLOC_OK;
+    }
+    if gpas.is_null() || hpas.is_null() || n > isize::MAX as usize / 8 {
+        return AXALLOC_ERR_INVALID;
+    }
+    // SAFETY: `gpas` has `n` readable elements per the contract.
+    let gpas = unsafe { core::slice::from_raw_parts(gpas, n) };
+    // SAFETY: `hpas` has `n` writable elements, not aliased, per the contract.
+    let hpas = unsafe { core::slice::from_raw_parts_mut(hpas, n) };
+    // SAFETY: as above, when not NULL.
+    let mut sizes =
+        (!page_sizes.is_null()).then(|| unsafe { core::slice::from_raw_parts_mut(page_sizes, n) });
+    status(s.translate_many(
+        n,
+        |i| gpas.get(i).copied().unwrap_or(u64::MAX),
+        |i, r| {
+            let (hpa, size) = r.map_or((u64::MAX, 0), |(h, sz)| (h.as_u64(), sz as u64));
+            if let Some(h) = hpas.get_mut(i) {
+                *h = hpa;
+            }
+            if let Some(p) = sizes.as_mut().and_then(|s| s.get_mut(i)) {
+                *p = size;
+            }
+        },
+    ))
 }
 
 fn buffer<'a>(buf: *const c_void, len: usize) -> Option<&'a [u8]> {

@@ -13,6 +13,7 @@ use core::sync::atomic::Ordering;
 use crate::addr::{FRAME_SIZE, Hpa};
 use crate::error::Result;
 use crate::hooks::Hooks;
+use crate::reserve::Reserve;
 use crate::stats::Counters;
 use crate::zero;
 
@@ -24,18 +25,27 @@ pub struct Frames<'a> {
     /// What an empty entry of this format looks like (new tables are
     /// filled with it).
     empty: u64,
+    /// Zeroed frames kept ready for faults (none for root creation).
+    reserve: Option<&'a Reserve>,
     tables: Cell<i64>,
     guests: Cell<i64>,
 }
 
 impl<'a> Frames<'a> {
     /// Frames for one operation on an address space.
-    pub fn new(hooks: &'a Hooks, counters: &'a Counters, frames_zeroed: bool, empty: u64) -> Self {
+    pub fn new(
+        hooks: &'a Hooks,
+        counters: &'a Counters,
+        frames_zeroed: bool,
+        empty: u64,
+        reserve: Option<&'a Reserve>,
+    ) -> Self {
         Self {
             hooks,
             counters,
             frames_zeroed,
             empty,
+            reserve,
             tables: Cell::new(0),
             guests: Cell::new(0),
         }
@@ -114,7 +124,15 @@ impl<'a> Frames<'a> {
     /// A zeroed guest frame for a fault: zeroed with ordinary stores, so the
     /// lines are in the cache when the guest touches the page right after the
     /// fault, and no fence is needed (the install's Release orders them).
+    /// A frame from the zeroed reserve comes first: no zeroing, no hook call.
+    #[inline]
     pub fn alloc_guest(&self) -> Result<Hpa> {
+        if let Some(r) = self.reserve {
+            if let Some(hpa) = r.pop(self.hooks)? {
+                self.guests.set(self.guests.get() + 1);
+                return Ok(hpa);
+            }
+        }
         let hpa = self.alloc_filled(self.frames_zeroed, |p| {
             // SAFETY: a fresh frame of ours that nothing maps yet.
             unsafe { zero::zero_frame(p) }

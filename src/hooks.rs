@@ -34,6 +34,9 @@ pub struct Hooks {
     alloc_contig: Option<AllocContigFn>,
     free_contig: Option<FreeContigFn>,
     relax: Option<RelaxFn>,
+    /// `AXALLOC_CFG_LINEAR_MAP`: the host-virtual address of every frame the
+    /// hooks give is `hpa + linear_offset` (a direct map).
+    linear_offset: Option<usize>,
 }
 
 // SAFETY: the header requires every hook to be callable from any thread, also
@@ -70,6 +73,7 @@ impl Hooks {
             alloc_contig: h.alloc_contig,
             free_contig: h.free_contig,
             relax: h.relax,
+            linear_offset: None,
         })
     }
 
@@ -139,9 +143,31 @@ impl Hooks {
         }
     }
 
-    /// The host's virtual address of the frame at `hpa`.
+    /// Declares the host's direct map: `phys_to_virt(hpa) == hpa + offset`
+    /// for every frame the hooks give (`offset` page-aligned, checked by the
+    /// caller). Frames are then never passed to `phys_to_virt`.
+    pub fn with_linear_map(mut self, offset: usize) -> Self {
+        self.linear_offset = Some(offset);
+        self
+    }
+
+    /// The host's virtual address of the frame at `hpa`, a frame the hooks
+    /// gave: the direct map when the host declared one, else `phys_to_virt`.
     #[inline]
     pub fn virt(&self, hpa: Hpa) -> Result<NonNull<u8>> {
+        match self.linear_offset {
+            Some(offset) => {
+                NonNull::new(hpa.as_usize().wrapping_add(offset) as *mut u8).ok_or(Error::Internal)
+            }
+            None => self.virt_hook(hpa),
+        }
+    }
+
+    /// The host's virtual address of any host-physical page (also the
+    /// passthrough ranges of linear regions, which no direct map promise
+    /// covers): always `phys_to_virt`.
+    #[inline]
+    pub fn virt_hook(&self, hpa: Hpa) -> Result<NonNull<u8>> {
         // SAFETY: valid hook per `from_c`; translating an address has no side
         // effects the library relies on.
         let p = unsafe { (self.phys_to_virt)(self.ctx, hpa.as_u64()) };

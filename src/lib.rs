@@ -15,6 +15,7 @@
 //! | `space.rs`      | the address space: locking, regions + table + hooks      |
 //! | `table/`        | the walker: one iterator; install, map, unmap            |
 //! | `claims.rs`     | ranges operations work on without the lock               |
+//! | `reserve.rs`    | zeroed frames kept ready for faults                      |
 //! | `format/`       | one file per entry format (bits only)                    |
 //! | `backend/`      | where pages come from: `alloc.rs`, `linear.rs`           |
 //! | `region.rs`     | the sorted region set, stored in host frames             |
@@ -41,6 +42,7 @@ pub mod format;
 pub mod frames;
 pub mod hooks;
 pub mod region;
+pub mod reserve;
 pub mod space;
 pub mod stats;
 pub mod sync;

@@ -204,6 +204,23 @@ impl RegionSet {
             .filter(|r| r.contains(gpa))
     }
 
+    /// The region containing `gpa`, trying the one at index `*hint` first
+    /// (faults come in runs on one region: the guest's RAM); `*hint` is
+    /// updated to where it was found. The hint is only a guess — any value
+    /// is safe.
+    #[inline]
+    pub fn find_hinted(&self, gpa: Gpa, hint: &core::sync::atomic::AtomicUsize) -> Option<Region> {
+        use core::sync::atomic::Ordering::Relaxed;
+        let h = hint.load(Relaxed);
+        if let Some(r) = self.get(h).filter(|r| r.contains(gpa)) {
+            return Some(r);
+        }
+        let i = self.first_ending_after(gpa);
+        let r = self.get(i).filter(|r| r.contains(gpa))?;
+        hint.store(i, Relaxed);
+        Some(r)
+    }
+
     /// True if any region overlaps `[start, end)`.
     pub fn overlaps(&self, start: Gpa, end: Gpa) -> bool {
         self.get(self.first_ending_after(start))

@@ -16,6 +16,7 @@
 //! allocator for anything.
 
 use core::ptr::NonNull;
+use core::sync::atomic::AtomicUsize;
 
 use crate::addr::{FRAME_SIZE, Gpa, Hpa};
 use crate::backend::alloc::{self, Fill, Populate};
@@ -26,6 +27,7 @@ use crate::flags::{Access, Flags};
 use crate::format::{self, Entry, Format, FormatKind, level_size, with_format};
 use crate::hooks::Hooks;
 use crate::region::{Backend, Region, RegionSet, Spare};
+use crate::reserve::Reserve;
 use crate::stats::{Counters, Stats};
 use crate::sync::{Exclusive, ReadGuard, Relax, RwLock, WriteGuard};
 use crate::table::map::{LeafSource, Prepared};
@@ -111,6 +113,10 @@ pub struct AddrSpace {
     /// The root's host-virtual address (resolved once; walks start there).
     root_virt: NonNull<u8>,
     counters: Counters,
+    /// Zeroed frames kept ready for faults (`axalloc_reserve`).
+    reserve: Reserve,
+    /// Index of the region the last fault hit (a guess; see `find_hinted`).
+    fault_hint: AtomicUsize,
     maps: RwLock<Maps>,
 }
 
@@ -204,6 +210,8 @@ impl AddrSpace {
             root,
             root_virt,
             counters,
+            reserve: Reserve::new(),
+            fault_hint: AtomicUsize::new(0),
             maps: RwLock::new(Maps {
                 regions: RegionSet::new(),
                 claims: Claims::new(),
@@ -237,6 +245,7 @@ impl AddrSpace {
             let _ = unsafe { w.release_all() };
         });
         space.lock_exclusive().regions.release(&hooks);
+        space.reserve.drain(&hooks);
         // SAFETY: nothing refers to the object any more; drop it in place,
         // then return its frame.
         unsafe {
@@ -272,7 +281,15 @@ impl AddrSpace {
             &self.counters,
             (self.root, self.root_virt),
             self.config.frames_zeroed,
+            Some(&self.reserve),
         )
+    }
+
+    /// Keeps `frames` zeroed frames ready for faults: fills up (allocating
+    /// and zeroing with no lock held) or gives the surplus back.
+    pub fn set_reserve(&self, frames: u64) -> Result {
+        self.reserve
+            .set(&self.hooks, frames, self.config.frames_zeroed)
     }
 
     fn lock_shared(&self) -> ReadGuard<'_, Maps> {
@@ -291,11 +308,13 @@ impl AddrSpace {
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         let maps = self.lock_shared();
-        self.counters.read(
+        let mut st = self.counters.read(
             maps.regions.len() as u64,
             maps.regions.mapped_bytes(),
             self.maps.events(),
-        )
+        );
+        st.reserve_frames = self.reserve.len();
+        st
     }
 
     /// Largest leaf level a linear mapping may use.
@@ -495,7 +514,7 @@ impl AddrSpace {
             let mut leftover = alloc::Leftover::new();
             let result = {
                 let mut m = self.lock_shared();
-                let region = m.regions.find(gpa);
+                let region = m.regions.find_hinted(gpa, &self.fault_hint);
                 match region {
                     // A range being mapped: the guest re-faults until commit.
                     None if m.claims.mapping(gpa.as_usize()) => Ok(()),
@@ -531,8 +550,32 @@ impl AddrSpace {
             .ok_or(Error::NotMapped)
     }
 
+    /// Translates every address of `gpas` under one shared lock, in one tight
+    /// loop (independent walks overlap in the CPU). `out(i, hpa and leaf
+    /// size)` gets `None` for an address nothing present maps.
+    pub fn translate_many(
+        &self,
+        n: usize,
+        gpa: impl Fn(usize) -> u64,
+        mut out: impl FnMut(usize, Option<(Hpa, usize)>),
+    ) -> Result {
+        let _m = self.lock_shared();
+        with_format!(self.config.format, F => {
+            let w = self.walker::<F>();
+            for i in 0..n {
+                out(i, Self::translate_with::<F>(&w, Gpa::from_u64(gpa(i)))?);
+            }
+            Ok(())
+        })
+    }
+
     fn translate_locked<F: Format>(&self, gpa: Gpa) -> Result<Option<(Hpa, usize)>> {
-        let Some((raw, level)) = self.walker::<F>().lookup(gpa)? else {
+        Self::translate_with::<F>(&self.walker::<F>(), gpa)
+    }
+
+    #[inline]
+    fn translate_with<F: Format>(w: &Walker<'_, F>, gpa: Gpa) -> Result<Option<(Hpa, usize)>> {
+        let Some((raw, level)) = w.lookup(gpa)? else {
             return Ok(None);
         };
         match format::decode::<F>(raw, level) {
@@ -677,7 +720,9 @@ impl AddrSpace {
             let n = (FRAME_SIZE - offset).min(len - done);
             let host = match self.translate_locked::<F>(Gpa::from_usize(addr))? {
                 Some((hpa, _)) => {
-                    let page = self.hooks.virt(Hpa::from_usize(hpa.as_usize() - offset))?;
+                    let page = self
+                        .hooks
+                        .virt_hook(Hpa::from_usize(hpa.as_usize() - offset))?;
                     // SAFETY: `offset < FRAME_SIZE` stays inside the page.
                     Some(unsafe { page.add(offset) })
                 }

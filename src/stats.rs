@@ -26,6 +26,8 @@ pub struct Stats {
     pub table_frames: u64,
     /// Faults resolved by allocating a frame.
     pub faults: u64,
+    /// Zeroed frames held in the reserve, ready for faults.
+    pub reserve_frames: u64,
 }
 
 impl Counters {
@@ -40,6 +42,7 @@ impl Counters {
                 .wrapping_add(faults),
             table_frames: self.table_frames.load(Ordering::Relaxed),
             faults,
+            reserve_frames: 0,
         }
     }
 }

@@ -19,6 +19,7 @@ pub struct Config {
     pub flags: u32,
     pub base: u64,
     pub size: u64,
+    pub linear_offset: u64,
 }
 
 #[repr(C)]
@@ -41,6 +42,7 @@ pub struct Stats {
     pub guest_frames: u64,
     pub table_frames: u64,
     pub faults: u64,
+    pub reserve_frames: u64,
 }
 
 #[repr(C)]
@@ -84,7 +86,7 @@ unsafe impl Sync for Space {}
 
 impl Space {
     pub fn create(hooks: &Hooks, flags: u32, base: u64, size: u64) -> Space {
-        let cfg = Config { format: FORMAT_X86_EPT, flags, base, size };
+        let cfg = Config { format: FORMAT_X86_EPT, flags, base, size, linear_offset: 0 };
         let mut p = core::ptr::null_mut();
         // SAFETY: valid pointers; the hooks honour the header's contract.
         ok(unsafe { axalloc_as_create(&cfg, hooks, &mut p) }, "axalloc_as_create");

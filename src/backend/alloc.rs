@@ -116,12 +116,15 @@ impl Leftover {
     }
 
     /// Gives everything back (call with no lock held).
+    #[inline]
     pub fn free<F: Format>(mut self, walker: &Walker<'_, F>) {
         if let Some(hpa) = self.frame.take() {
             // SAFETY: obtained by the fault and never installed.
             unsafe { walker.frames().discard_guest(hpa) };
         }
-        walker.release_pool(&mut self.pool);
+        if !self.pool.is_empty() {
+            walker.release_pool(&mut self.pool);
+        }
     }
 }
 

@@ -180,6 +180,11 @@ impl Format for Ept {
     }
 
     #[inline]
+    fn next_table(raw: u64) -> Option<usize> {
+        (raw & RWX != 0 && raw & HUGE == 0).then_some((raw & ADDR_MASK) as usize)
+    }
+
+    #[inline]
     fn child(raw: u64, level: usize, index: usize) -> u64 {
         let size = super::level_size(level - 1) as u64;
         let addr = (raw & ADDR_MASK) + index as u64 * size;

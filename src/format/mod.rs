@@ -51,6 +51,9 @@ pub trait Format: Sized + 'static {
 
     /// Host-physical address named by the present entry `raw` at `level`.
     fn addr(raw: u64, level: usize) -> usize;
+    /// The next table `raw` (at a level above 0) links, if it is a present
+    /// non-leaf entry: the walk's hot test, a couple of bit operations.
+    fn next_table(raw: u64) -> Option<usize>;
     /// Child `index` (0..512) of the huge leaf `raw` at `level` (> 0): the
     /// same rights, memory type, software and hardware (A/D) bits, mapping
     /// the `index`-th piece of the parent page, as a leaf at `level - 1`.

@@ -172,6 +172,11 @@ impl Format for Npt {
     }
 
     #[inline]
+    fn next_table(raw: u64) -> Option<usize> {
+        (raw & PRESENT != 0 && raw & HUGE == 0).then_some((raw & ADDR_MASK) as usize)
+    }
+
+    #[inline]
     fn child(raw: u64, level: usize, index: usize) -> u64 {
         let size = super::level_size(level - 1) as u64;
         let base = Self::addr(raw, level) as u64;

@@ -125,9 +125,9 @@ pub fn point<'t, F: Format>(walker: &'t Walker<'_, F>, gpa: usize) -> Result<Fou
     loop {
         let entry = slot_of(walker.view(table, level)?, gpa, level)?;
         let raw = entry.load(Ordering::Acquire);
-        match format::decode::<F>(raw, level) {
-            Entry::Table(next) if level > 0 => {
-                table = next;
+        match F::next_table(raw) {
+            Some(next) if level > 0 => {
+                table = Hpa::from_usize(next);
                 level -= 1;
             }
             _ => return Ok(Found { entry, raw, level }),

@@ -40,6 +40,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, Entry, Format, level_size};
 use crate::frames::Frames;
 use crate::hooks::Hooks;
+use crate::reserve::Reserve;
 use crate::stats::Counters;
 use iter::{Descend, Iter, Visit};
 
@@ -53,20 +54,38 @@ pub const ENTRIES: usize = FRAME_SIZE / 8;
 #[derive(Default)]
 pub struct TablePool {
     tables: [Option<Hpa>; 8],
+    held: usize,
 }
 
 impl TablePool {
     /// An empty pool.
     pub const fn new() -> Self {
-        Self { tables: [None; 8] }
+        Self {
+            tables: [None; 8],
+            held: 0,
+        }
+    }
+    /// True if the pool holds no table (the fault path's common case).
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.held == 0
     }
     fn take(&mut self) -> Option<Hpa> {
-        self.tables.iter_mut().find_map(Option::take)
+        if self.held == 0 {
+            return None;
+        }
+        let t = self.tables.iter_mut().find_map(Option::take)?;
+        self.held -= 1;
+        Some(t)
     }
-    fn put_back(&mut self, t: Hpa) -> Result {
+    fn put(&mut self, t: Hpa) -> Result {
         let free = self.tables.iter_mut().find(|t| t.is_none());
         *free.ok_or(Error::Internal)? = Some(t);
+        self.held += 1;
         Ok(())
+    }
+    fn put_back(&mut self, t: Hpa) -> Result {
+        self.put(t)
     }
 }
 
@@ -90,9 +109,10 @@ impl<'a, F: Format> Walker<'a, F> {
         counters: &'a Counters,
         (root, root_virt): (Hpa, NonNull<u8>),
         frames_zeroed: bool,
+        reserve: Option<&'a Reserve>,
     ) -> Self {
         Self {
-            frames: Frames::new(hooks, counters, frames_zeroed, F::EMPTY),
+            frames: Frames::new(hooks, counters, frames_zeroed, F::EMPTY, reserve),
             root,
             root_virt,
             _format: PhantomData,
@@ -143,17 +163,17 @@ impl<'a, F: Format> Walker<'a, F> {
             // Concatenated / x4 roots come with the ARM and RISC-V formats.
             return Err(Error::Unsupported);
         }
-        Frames::new(hooks, counters, frames_zeroed, F::EMPTY).alloc_table()
+        Frames::new(hooks, counters, frames_zeroed, F::EMPTY, None).alloc_table()
     }
 
     /// Reserves `n` empty tables in `pool`; all or nothing.
     pub fn reserve_tables(&self, n: usize, pool: &mut TablePool) -> Result {
-        if n > pool.tables.len() {
+        if n > pool.tables.len() - pool.held {
             return Err(Error::Internal);
         }
-        for entry in pool.tables.iter_mut().take(n) {
-            match self.frames.alloc_table() {
-                Ok(t) => *entry = Some(t),
+        for _ in 0..n {
+            match self.frames.alloc_table().and_then(|t| pool.put(t)) {
+                Ok(()) => {}
                 Err(e) => {
                     self.release_pool(pool);
                     return Err(e);

@@ -5,7 +5,7 @@
 
 mod core;
 mod model;
-mod pool;
+pub(crate) mod pool;
 
 use page_table_multiarch::{GenericPTE, MappingFlags};
 
