@@ -51,17 +51,27 @@ pub const ENTRIES: usize = FRAME_SIZE / 8;
 /// cache"): a fault or a split takes what it needs from here, so it either
 /// gets everything up front or changes nothing. Tables left over were never
 /// linked and go straight back ([`Walker::release_pool`]).
-#[derive(Default)]
 pub struct TablePool {
-    tables: [Option<Hpa>; 8],
+    /// A stack: `tables[..held]` are held.
+    tables: [Hpa; POOL_TABLES],
     held: usize,
+}
+
+/// Tables one change may need: a fault on a 5-level table missing all but
+/// the root needs 4; an unmap's two edge splits need at most 4.
+const POOL_TABLES: usize = 6;
+
+impl Default for TablePool {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl TablePool {
     /// An empty pool.
     pub const fn new() -> Self {
         Self {
-            tables: [None; 8],
+            tables: [Hpa::from_usize(0); POOL_TABLES],
             held: 0,
         }
     }
@@ -71,16 +81,13 @@ impl TablePool {
         self.held == 0
     }
     fn take(&mut self) -> Option<Hpa> {
-        if self.held == 0 {
-            return None;
-        }
-        let t = self.tables.iter_mut().find_map(Option::take)?;
-        self.held -= 1;
+        let i = self.held.checked_sub(1)?;
+        let t = *self.tables.get(i)?;
+        self.held = i;
         Some(t)
     }
     fn put(&mut self, t: Hpa) -> Result {
-        let free = self.tables.iter_mut().find(|t| t.is_none());
-        *free.ok_or(Error::Internal)? = Some(t);
+        *self.tables.get_mut(self.held).ok_or(Error::Internal)? = t;
         self.held += 1;
         Ok(())
     }
