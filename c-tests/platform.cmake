@@ -16,34 +16,49 @@ if(CMAKE_SCRIPT_MODE_FILE)
   endif()
 
   if(AXALLOC_PLATFORM_CHECK STREQUAL "undefined")
-    # `nm -u`: nothing beyond the five memory functions a freestanding C
-    # environment provides (issue: "nm -u libaxalloc.a lists nothing beyond
-    # memcpy/memmove/memset/memcmp/bcmp").
+    # `nm -u` of the shipped archive is exactly what README ("Building for a
+    # kernel") documents:
+    # - freestanding targets (*-none*, the default): nothing at all. On these
+    #   targets compiler_builtins carries memcpy/memmove/memset/memcmp/bcmp;
+    #   the packaging links the ones the library calls into the archive and
+    #   makes them local, so a kernel needs to provide no symbol;
+    # - a hosted target chosen with -DAXALLOC_RUST_TARGET (e.g.
+    #   x86_64-unknown-linux-gnu): memory functions from the C library only,
+    #   a subset of memcpy/memmove/memset/memcmp/bcmp.
     execute_process(COMMAND "${NM}" -u "${ARCHIVE}"
       OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc)
     if(NOT rc EQUAL 0)
       message(FATAL_ERROR "${NM} -u failed (${rc}): ${err}")
     endif()
     string(REPLACE "\n" ";" lines "${out}")
-    set(allowed memcpy memmove memset memcmp bcmp)
-    set(bad "")
     set(seen "")
     foreach(line IN LISTS lines)
       if(line MATCHES "^[ \t]*[Uw][ \t]+([^ \t]+)")
-        set(sym "${CMAKE_MATCH_1}")
-        list(APPEND seen "${sym}")
-        if(NOT sym IN_LIST allowed)
-          list(APPEND bad "${sym}")
-        endif()
+        list(APPEND seen "${CMAKE_MATCH_1}")
       endif()
     endforeach()
     list(REMOVE_DUPLICATES seen)
-    if(bad)
-      list(REMOVE_DUPLICATES bad)
-      string(REPLACE ";" "\n  " bad_text "${bad}")
-      message(FATAL_ERROR "undefined symbols beyond memcpy/memmove/memset/memcmp/bcmp in ${ARCHIVE}:\n  ${bad_text}")
+    list(SORT seen)
+    if(RUST_TARGET MATCHES "-none")
+      if(seen)
+        string(REPLACE ";" "\n  " seen_text "${seen}")
+        message(FATAL_ERROR "${ARCHIVE} (${RUST_TARGET}) must leave no symbol undefined; nm -u lists:\n  ${seen_text}")
+      endif()
+      message(STATUS "undefined symbols: none (as documented for ${RUST_TARGET})")
+    else()
+      set(allowed memcpy memmove memset memcmp bcmp)
+      set(bad "")
+      foreach(sym IN LISTS seen)
+        if(NOT sym IN_LIST allowed)
+          list(APPEND bad "${sym}")
+        endif()
+      endforeach()
+      if(bad)
+        string(REPLACE ";" "\n  " bad_text "${bad}")
+        message(FATAL_ERROR "undefined symbols beyond memcpy/memmove/memset/memcmp/bcmp in ${ARCHIVE} (${RUST_TARGET}):\n  ${bad_text}")
+      endif()
+      message(STATUS "undefined symbols (hosted target ${RUST_TARGET}): ${seen}")
     endif()
-    message(STATUS "undefined symbols: ${seen}")
 
   elseif(AXALLOC_PLATFORM_CHECK STREQUAL "exports")
     # Every global defined symbol starts with axalloc_, and the whole API is
@@ -239,8 +254,83 @@ foreach(check undefined exports)
   add_test(NAME ${name}
     COMMAND "${CMAKE_COMMAND}" -DAXALLOC_PLATFORM_CHECK=${check}
             "-DARCHIVE=${AXALLOC_ARCHIVE}" "-DNM=${CMAKE_NM}"
+            "-DRUST_TARGET=${AXALLOC_RUST_TARGET}"
             -P "${CMAKE_CURRENT_LIST_FILE}")
 endforeach()
+
+# Kernel safety (README, "Building for a kernel"): the archive touches no
+# FP/SIMD register, links into a higher-half -mcmodel=kernel image and into a
+# PIE. The scripted checks live in cmake/kernel-checks.sh.
+set(_plat_checks "${PROJECT_SOURCE_DIR}/cmake/kernel-checks.sh")
+string(REGEX MATCH "^[^-]+" _plat_arch "${AXALLOC_RUST_TARGET}")
+if(_plat_arch MATCHES "^riscv64")
+  set(_plat_arch riscv64)
+endif()
+set(_plat_host_arch "${CMAKE_SYSTEM_PROCESSOR}")
+if(_plat_host_arch MATCHES "^(x86_64|AMD64|amd64|x64)$")
+  set(_plat_host_arch x86_64)
+elseif(_plat_host_arch MATCHES "^(aarch64|arm64|ARM64)$")
+  set(_plat_host_arch aarch64)
+endif()
+
+# Disassemble every instruction of the archive; fail on any FP/SIMD or x87
+# register or instruction. The C toolchain's objdump for a native target,
+# else a cross objdump or llvm-objdump; skipped (77) when none is found.
+set(_plat_objdump "")
+if(_plat_arch STREQUAL _plat_host_arch AND CMAKE_OBJDUMP)
+  set(_plat_objdump "${CMAKE_OBJDUMP}")
+else()
+  find_program(AXALLOC_OBJDUMP_${_plat_arch} NAMES
+    ${_plat_arch}-linux-gnu-objdump ${_plat_arch}-unknown-elf-objdump ${_plat_arch}-elf-objdump llvm-objdump)
+  set(_plat_objdump "${AXALLOC_OBJDUMP_${_plat_arch}}")
+endif()
+if(_plat_objdump)
+  add_test(NAME archive_has_no_fp_simd
+    COMMAND sh "${_plat_checks}" fp-simd "${_plat_objdump}" "${_plat_arch}" "${AXALLOC_ARCHIVE}")
+else()
+  add_test(NAME archive_has_no_fp_simd
+    COMMAND sh -c "echo 'no disassembler for ${_plat_arch} (objdump / llvm-objdump): skipped'; exit 77")
+endif()
+
+# A higher-half kernel (linked at 0xffffffff80000000, -mcmodel=kernel,
+# -mno-red-zone, no PIC, no libc) that references every exported function:
+# the link must resolve every symbol with no relocation overflow. x86-64 only.
+if(_plat_arch STREQUAL "x86_64" AND _plat_host_arch STREQUAL "x86_64"
+   AND CMAKE_C_COMPILER_ID MATCHES "GNU|Clang" AND NOT WIN32 AND NOT APPLE)
+  add_test(NAME archive_links_higher_half_kernel
+    COMMAND sh "${_plat_checks}" higher-half "${CMAKE_C_COMPILER}" "${CMAKE_NM}"
+            "${AXALLOC_INCLUDE_DIR}" "${AXALLOC_ARCHIVE}" "${_plat_gen}/higher-half")
+else()
+  add_test(NAME archive_links_higher_half_kernel
+    COMMAND sh -c "echo 'higher-half kernel link is checked for x86_64 targets with GCC/Clang only: skipped'; exit 77")
+endif()
+set_tests_properties(archive_has_no_fp_simd archive_links_higher_half_kernel
+  PROPERTIES SKIP_RETURN_CODE 77)
+
+# A position-independent executable (-fPIE -pie) linking the archive: the
+# smoke rules over the test host. The test also checks the result really is
+# a PIE (ELF type DYN) and needed no text relocations.
+if(CMAKE_C_COMPILER_ID MATCHES "GNU|Clang" AND NOT WIN32 AND NOT APPLE
+   AND _plat_arch STREQUAL _plat_host_arch)
+  add_executable(archive_links_pie test_smoke.c host.c check.c)
+  target_include_directories(archive_links_pie PRIVATE "${CMAKE_CURRENT_SOURCE_DIR}")
+  target_compile_features(archive_links_pie PRIVATE c_std_11)
+  target_compile_options(archive_links_pie PRIVATE ${AXALLOC_WARNINGS} ${AXALLOC_SANITIZE_FLAGS} -fPIE)
+  target_link_options(archive_links_pie PRIVATE ${AXALLOC_SANITIZE_FLAGS} -pie)
+  target_link_libraries(archive_links_pie PRIVATE axalloc::axalloc Threads::Threads)
+  set(_plat_readelf "${CMAKE_READELF}")
+  if(NOT _plat_readelf)
+    set(_plat_readelf readelf)
+  endif()
+  add_test(NAME archive_links_pie
+    COMMAND sh -c "h=$(\"$1\" -hd \"$2\") || exit 1; printf '%s\\n' \"$h\" | grep -q 'Type:.*DYN' || { echo \"$2 is not a PIE\"; exit 1; }; if printf '%s\\n' \"$h\" | grep -q TEXTREL; then echo \"$2 needs text relocations\"; exit 1; fi; exec \"$2\""
+            sh "${_plat_readelf}" "$<TARGET_FILE:archive_links_pie>")
+  set_tests_properties(archive_links_pie PROPERTIES TIMEOUT 300)
+else()
+  add_test(NAME archive_links_pie
+    COMMAND sh -c "echo 'PIE link is checked for a ${_plat_arch} archive on a ${_plat_arch} host with GCC/Clang only: skipped'; exit 77")
+  set_tests_properties(archive_links_pie PROPERTIES SKIP_RETURN_CODE 77)
+endif()
 
 # A freestanding program with its own _start and memory functions, linked
 # with -nostdlib -static: the archive needs no libc, no malloc, no unwinder.
@@ -394,4 +484,23 @@ if(_plat_cargo)
             --target-dir "${PROJECT_BINARY_DIR}/cargo-test"
     WORKING_DIRECTORY "${PROJECT_SOURCE_DIR}")
   set_tests_properties(cargo_test PROPERTIES TIMEOUT 900)
+
+  # The unit tests under Miri (nightly): undefined behaviour in the unsafe
+  # code fails the test. The library turns host-physical addresses into
+  # pointers (phys_to_virt), so provenance is permissive. Skipped (77)
+  # without a nightly toolchain that has Miri.
+  add_test(NAME miri_unit_tests
+    COMMAND sh -c "RUSTUP_AUTO_INSTALL=0 \"$1\" +nightly miri --version >/dev/null 2>&1 || { echo 'no nightly toolchain with Miri (rustup toolchain install nightly; rustup +nightly component add miri rust-src): skipped'; exit 77; }; MIRIFLAGS=\"\${MIRIFLAGS:--Zmiri-permissive-provenance}\" RUSTUP_AUTO_INSTALL=0 exec \"$1\" +nightly miri test --lib --manifest-path \"$2/Cargo.toml\" --target-dir \"$3\""
+            sh "${_plat_cargo}" "${PROJECT_SOURCE_DIR}" "${PROJECT_BINARY_DIR}/cargo-miri"
+    WORKING_DIRECTORY "${PROJECT_SOURCE_DIR}")
+  set_tests_properties(miri_unit_tests PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 900)
+
+  # The reader-writer lock (src/sync.rs) under loom: every interleaving of
+  # the `#[cfg(loom)]` tests whose names contain "loom". Fails when none ran,
+  # so a filter that matches nothing cannot pass.
+  add_test(NAME loom_lock_model
+    COMMAND sh -c "log=\"$3.log\"; mkdir -p \"$3\"; RUSTFLAGS='--cfg loom' \"$1\" test --release --lib --manifest-path \"$2/Cargo.toml\" --target-dir \"$3\" loom >\"$log\" 2>&1; rc=$?; cat \"$log\"; [ $rc -eq 0 ] || exit $rc; grep -q '^running [1-9]' \"$log\" || { echo 'loom_lock_model: no loom test ran (expected #[cfg(loom)] tests with loom in their names)'; exit 1; }"
+            sh "${_plat_cargo}" "${PROJECT_SOURCE_DIR}" "${PROJECT_BINARY_DIR}/cargo-loom"
+    WORKING_DIRECTORY "${PROJECT_SOURCE_DIR}")
+  set_tests_properties(loom_lock_model PROPERTIES TIMEOUT 900)
 endif()
