@@ -1,50 +1,169 @@
-//! The address space's reader-writer lock.
+//! The address space's reader-writer lock: phase-fair, reader-sharded,
+//! spinning, panic-free.
 //!
 //! vCPUs fault in parallel under the shared side; map and unmap take the
-//! exclusive side. What the off-the-shelf locks lack, and this one has:
+//! exclusive side.
 //!
-//! - **Readers share no cache line.** The reader count is split over
-//!   [`SHARDS`] shards, each on its own 128-byte line (Zen and Intel pull
-//!   adjacent lines in pairs); a reader picks its shard by hashing its stack
-//!   address, so two vCPU threads almost always use different lines. A single
-//!   shared counter would bounce between cores on every fault and make two
-//!   threads slower than one.
-//! - **Events are counted for free.** A reader may count an event (a resolved
-//!   fault) in its shard: the release that it does anyway adds it, so the
-//!   fault path's statistics cost no atomic operation of their own.
-//! - **Writers are not starved.** A writer raises a flag that holds new
-//!   readers back, then waits for the shards to drain.
-//! - **Nothing can panic**, so no panic path reaches the C boundary.
+//! # Protocol
 //!
-//! Ordering: a reader increments its shard and then reads the writer flag; a
-//! writer sets the flag and then reads the shards. Both sides use `SeqCst`,
-//! so at least one of them sees the other (Dekker): a reader never runs
-//! alongside a writer.
+//! Brandenburg & Anderson's phase-fair ticket lock (PF-T), with its reader
+//! counters split over [`SHARDS`] shards, each on its own 128-byte line (Zen
+//! and Intel pull adjacent lines in pairs). A reader picks its shard by
+//! hashing its stack address, so two vCPU threads almost always use different
+//! lines: one shared counter would bounce between cores on every fault.
+//!
+//! - Shard `i` has `rin` (readers that arrived, in units of `RINC`, with the
+//!   writer bits `PRESENT | PHASE` in the low byte) and `rout` (readers that
+//!   left, same units). Writers share `win` (next ticket) and `wout` (ticket
+//!   now served).
+//! - **Reader**: `w = rin_i.fetch_add(RINC) & WBITS`. If `w == 0` it is in.
+//!   Otherwise a writer is present: it keeps its place and spins until the
+//!   writer bits of `rin_i` differ from `w`. Leaving: `rout_i += RINC`.
+//! - **Writer**: `t = win.fetch_add(1)`; spin until `wout == t`. Then, for
+//!   every shard, `s_i = rin_i.fetch_add(PRESENT | (t & PHASE))` (the bits
+//!   stop new readers and the old value is a snapshot of the readers already
+//!   in), and wait until `rout_i == s_i`. Leaving: clear the bits of every
+//!   `rin_i`, then `wout += 1`.
+//!
+//! # Why it needs no cross-location ordering
+//!
+//! Every decision rests on one location's modification order, never on the
+//! relative order of two locations (the old lock was a Dekker protocol, see
+//! below). A reader and a writer meet only in `rin_i`, whose updates are all
+//! read-modify-writes and thus totally ordered: if the reader's `fetch_add`
+//! comes first, the writer's snapshot counts it and the writer waits for its
+//! exit; if the writer's comes first, the reader's own `fetch_add` returns the
+//! writer bits. Waiting for `rout_i == s_i` is a count, not a visibility race:
+//! readers after the snapshot cannot leave before the writer clears its bits,
+//! so `rout_i` cannot pass `s_i`, and reaching it means every counted reader
+//! left. Happens-before comes from plain release/acquire pairs on the same
+//! location: reader exit (`rout` Release) to the writer's wait (Acquire);
+//! writer exit (`rin` Release) to the reader's `fetch_add` or spin (Acquire,
+//! through the release sequence of later `rin` RMWs); writer to writer via
+//! `wout`. The counters may wrap: all arithmetic wraps and they are only
+//! compared for equality; readers count at bit 8 and up, so they never carry
+//! into the writer bits, which a single writer at a time sets and clears.
+//!
+//! # Fairness
+//!
+//! Writers are served FIFO by ticket. Readers that arrive while a writer is
+//! present enter as soon as it leaves, before the next writer: they already
+//! hold a place in `rin_i` that the next writer's snapshot counts, and the
+//! `PHASE` bit (the ticket's low bit) makes the next writer's bits differ from
+//! the last one's, so a reader that missed the gap still sees a change.
+//! Readers therefore wait at most one writer, and a writer at most one reader
+//! phase (plus the writers ahead of it): neither side starves the other.
+//!
+//! # Events
+//!
+//! A reader may count events (resolved faults) in its guard; on release a
+//! non-zero count goes to its shard's own 64-bit `events` word (Relaxed,
+//! same cache line, no extra line touched). [`RwLock::events`] sums the
+//! shards with wrapping arithmetic: exact modulo 2^64.
+//!
+//! # The lock this replaces
+//!
+//! It was writer-preferring (a writer looping starved readers) and a Dekker
+//! protocol: the reader incremented its shard then loaded the writer flag,
+//! the writer CAS'd the flag then loaded the shards, all four `SeqCst`, with
+//! `Release` unlocks on both locations. Miri (weak-memory emulation) reported
+//! a reader/writer data race. That is not a real bug: C++20's rules (which
+//! Rust uses) order the four SC accesses in one total order consistent with
+//! coherence, so at least one side sees the other even when the value read
+//! was written by a non-SC `Release` store. Miri's emulation does not fully
+//! implement those rules for SC accesses mixed with non-SC writes to the same
+//! location (rust-lang/miri#2301, #5104); with every access made `SeqCst`,
+//! Miri found no race. Still, the old lock's correctness leaned on the most
+//! subtle corner of the model, which tools got wrong; this one needs no
+//! `SeqCst` at all and is checked by Miri and loom.
+//!
+//! Nothing here can panic, so no panic path reaches the C boundary.
 
 use core::cell::UnsafeCell;
-use core::hint::spin_loop;
+use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
-/// Number of reader shards.
-pub const SHARDS: usize = 8;
+#[cfg(not(all(test, loom)))]
+use core::sync::atomic::AtomicU64;
+#[cfg(all(test, loom))]
+use loom::sync::atomic::AtomicU64;
 
-/// Reader count: the low 24 bits of a shard (16 M readers per shard).
-const READER: u64 = 1;
-const READER_MASK: u64 = (1 << 24) - 1;
-/// Event count: the high 40 bits (wraps after 10^12 events; `events()`
-/// sums with wrapping arithmetic).
-const EVENT: u64 = 1 << 24;
+/// Number of reader shards (2 under loom, to keep models small).
+pub const SHARDS: usize = if cfg!(all(test, loom)) { 2 } else { 8 };
+const _: () = assert!(SHARDS.is_power_of_two() && SHARDS >= 2);
 
-/// A writer holds the lock, or waits for readers to leave.
-const WRITER: usize = 1;
+/// `rin` low byte: a writer is present (holds or drains the lock).
+const PRESENT: u64 = 0b10;
+/// `rin` low byte: the present writer's phase, its ticket's low bit.
+const PHASE: u64 = 0b01;
+const WBITS: u64 = PRESENT | PHASE;
+/// One reader in `rin` and `rout`.
+const RINC: u64 = 0x100;
+
+/// `const fn`, except under loom, whose atomics have no const constructor.
+macro_rules! const_unless_loom {
+    ($(#[$m:meta])* $vis:vis fn $($rest:tt)*) => {
+        #[cfg(not(all(test, loom)))]
+        $(#[$m])* $vis const fn $($rest)*
+        #[cfg(all(test, loom))]
+        $(#[$m])* $vis fn $($rest)*
+    };
+}
 
 #[repr(align(128))]
-struct Shard(AtomicU64);
+struct Shard {
+    rin: AtomicU64,
+    rout: AtomicU64,
+    events: AtomicU64,
+}
 
-/// A writer-preferring, reader-sharded spinning reader-writer lock.
+impl Shard {
+    const_unless_loom! {
+        fn new() -> Self {
+            Shard { rin: AtomicU64::new(0), rout: AtomicU64::new(0), events: AtomicU64::new(0) }
+        }
+    }
+}
+
+#[cfg(not(all(test, loom)))]
+const fn shards() -> [Shard; SHARDS] {
+    [const { Shard::new() }; SHARDS]
+}
+#[cfg(all(test, loom))]
+fn shards() -> [Shard; SHARDS] {
+    core::array::from_fn(|_| Shard::new())
+}
+
+/// The writers' tickets, on a line of their own.
+#[repr(align(128))]
+struct Tickets {
+    win: AtomicU64,
+    wout: AtomicU64,
+}
+
+/// How a waiter passes time: the host may pause the CPU, yield the thread,
+/// or wait for an event.
+pub trait Relax {
+    /// One step of waiting; called in every spin of every wait.
+    fn relax(&self);
+}
+
+/// The default [`Relax`]: [`core::hint::spin_loop`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Spin;
+
+impl Relax for Spin {
+    #[inline]
+    fn relax(&self) {
+        core::hint::spin_loop();
+    }
+}
+
+/// A phase-fair, reader-sharded spinning reader-writer lock (see the module
+/// documentation).
 pub struct RwLock<T> {
-    writer: AtomicUsize,
+    tickets: Tickets,
     shards: [Shard; SHARDS],
     data: UnsafeCell<T>,
 }
@@ -62,125 +181,139 @@ fn my_shard() -> usize {
     let marker = 0u8;
     let sp = core::ptr::addr_of!(marker) as usize >> 12;
     // Fibonacci hashing: stacks a power of two apart still spread out.
-    (sp.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (usize::BITS - SHARDS.trailing_zeros())) % SHARDS
+    sp.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (usize::BITS - SHARDS.trailing_zeros())
 }
 
 impl<T> RwLock<T> {
-    /// An unlocked lock around `data`.
-    pub const fn new(data: T) -> Self {
-        Self {
-            writer: AtomicUsize::new(0),
-            shards: [const { Shard(AtomicU64::new(0)) }; SHARDS],
-            data: UnsafeCell::new(data),
+    const_unless_loom! {
+        /// An unlocked lock around `data`.
+        pub fn new(data: T) -> Self {
+            Self {
+                tickets: Tickets { win: AtomicU64::new(0), wout: AtomicU64::new(0) },
+                shards: shards(),
+                data: UnsafeCell::new(data),
+            }
         }
     }
 
-    fn shard(&self, i: usize) -> &AtomicU64 {
+    fn shard(&self, i: usize) -> &Shard {
         // `i % SHARDS` is always in range; `get` keeps the code panic-free.
-        match self.shards.get(i % SHARDS) {
-            Some(s) => &s.0,
-            None => &self.shards[0].0,
-        }
+        self.shards.get(i % SHARDS).unwrap_or(&self.shards[0])
     }
 
-    /// Shared access; waits while a writer holds or waits for the lock.
+    /// Shared access, spinning while a writer is present.
     #[inline]
     pub fn read(&self) -> ReadGuard<'_, T> {
-        let shard = self.shard(my_shard());
-        loop {
-            shard.fetch_add(READER, Ordering::SeqCst);
-            if self.writer.load(Ordering::SeqCst) == 0 {
-                return ReadGuard {
-                    lock: self,
-                    shard,
-                    events: 0,
-                };
+        self.read_with(&Spin)
+    }
+
+    /// Shared access, calling `relax` while a writer is present.
+    #[inline]
+    pub fn read_with<R: Relax>(&self, relax: &R) -> ReadGuard<'_, T> {
+        self.read_in(my_shard(), relax)
+    }
+
+    /// Shared access through shard `i` (tests pick it to force shards).
+    #[inline]
+    fn read_in<R: Relax>(&self, i: usize, relax: &R) -> ReadGuard<'_, T> {
+        let shard = self.shard(i);
+        // Acquire: with no writer bits, this reads the last writer's release
+        // of `rin` or a later RMW in its release sequence.
+        let w = shard.rin.fetch_add(RINC, Acquire) & WBITS;
+        if w != 0 {
+            // Counted in that writer's snapshot or in the next one's: wait
+            // for the bits to change, keeping our place.
+            while shard.rin.load(Acquire) & WBITS == w {
+                relax.relax();
             }
-            // A writer is in or waiting: step back, let it finish.
-            shard.fetch_sub(READER, Ordering::Release);
-            while self.writer.load(Ordering::Relaxed) != 0 {
-                spin_loop();
-            }
+        }
+        ReadGuard {
+            #[cfg(test)]
+            waited: w,
+            lock: self,
+            shard,
+            events: 0,
         }
     }
 
-    /// Exclusive access: holds new readers back, waits for those inside.
+    /// Exclusive access, spinning while others hold the lock.
+    #[inline]
     pub fn write(&self) -> WriteGuard<'_, T> {
-        while self
-            .writer
-            .compare_exchange_weak(0, WRITER, Ordering::SeqCst, Ordering::Relaxed)
-            .is_err()
-        {
-            spin_loop();
+        self.write_with(&Spin)
+    }
+
+    /// Exclusive access, calling `relax` while others hold the lock.
+    pub fn write_with<R: Relax>(&self, relax: &R) -> WriteGuard<'_, T> {
+        let t = &self.tickets;
+        let ticket = t.win.fetch_add(1, Relaxed);
+        // Acquire: the previous writer's release of `wout`.
+        while t.wout.load(Acquire) != ticket {
+            relax.relax();
         }
-        for s in &self.shards {
-            while s.0.load(Ordering::SeqCst) & READER_MASK != 0 {
-                spin_loop();
+        let bits = PRESENT | (ticket & PHASE);
+        let mut seen = [0u64; SHARDS];
+        for (s, seen) in self.shards.iter().zip(&mut seen) {
+            // The low byte is 0 here: the previous writer cleared it.
+            *seen = s.rin.fetch_add(bits, Relaxed) & !WBITS;
+        }
+        for (s, seen) in self.shards.iter().zip(&seen) {
+            // Acquire: the releases of every reader counted in `seen`.
+            while s.rout.load(Acquire) != *seen {
+                relax.relax();
             }
         }
         WriteGuard { lock: self }
     }
 
-    /// Sum of the events readers counted (see [`ReadGuard::count_event`]).
+    /// Sum of the events readers counted (see [`ReadGuard::count_event`]),
+    /// modulo 2^64.
     pub fn events(&self) -> u64 {
         self.shards
             .iter()
-            .map(|s| s.0.load(Ordering::Relaxed) >> 24)
-            .fold(0u64, u64::wrapping_add)
-            & ((1 << 40) - 1)
+            .map(|s| s.events.load(Relaxed))
+            .fold(0, u64::wrapping_add)
     }
 }
 
-// TEMPORARY shim (lead): the API the phase-fair rewrite provides, so the
-// rest of the crate builds until it lands. Replace wholesale.
-/// Waiting strategy.
-pub trait Relax {
-    /// One step of waiting.
-    fn relax(&self);
-}
-/// Proof of holding the exclusive side.
-#[derive(Clone, Copy)]
-pub struct Exclusive<'a>(core::marker::PhantomData<&'a ()>);
-/// Proof of holding the shared (or exclusive) side.
-#[derive(Clone, Copy)]
-pub struct Shared<'a>(core::marker::PhantomData<&'a ()>);
+/// Proof that the caller holds a lock's shared (or exclusive) side, for as
+/// long as `'a`: the guard it came from is borrowed that long.
+///
+/// Like Hafnium's `vm_locked`, it lets a function demand the lock instead of
+/// trusting a comment. Zero-sized; only [`ReadGuard::token`] and
+/// [`Exclusive::shared`] make one. It does not say *which* lock: functions
+/// pair it with data reached through the same guard.
+#[derive(Clone, Copy, Debug)]
+pub struct Shared<'a>(PhantomData<&'a ()>);
+
+/// Proof that the caller holds a lock's exclusive side, for as long as `'a`.
+///
+/// Zero-sized; only [`WriteGuard::token`] makes one. Serves where a
+/// [`Shared`] is asked through [`Exclusive::shared`] or `From`.
+#[derive(Clone, Copy, Debug)]
+pub struct Exclusive<'a>(PhantomData<&'a ()>);
+
 impl<'a> Exclusive<'a> {
-    /// Exclusive implies shared.
+    /// The exclusive side includes the shared one.
+    #[inline]
     pub fn shared(&self) -> Shared<'a> {
-        Shared(core::marker::PhantomData)
+        Shared(PhantomData)
     }
 }
-impl<T> RwLock<T> {
-    /// Shared access, waiting with `_r`.
-    pub fn read_with<R: Relax>(&self, _r: &R) -> ReadGuard<'_, T> {
-        self.read()
-    }
-    /// Exclusive access, waiting with `_r`.
-    pub fn write_with<R: Relax>(&self, _r: &R) -> WriteGuard<'_, T> {
-        self.write()
-    }
-}
-impl<T> ReadGuard<'_, T> {
-    /// Proof of the shared side.
-    pub fn token(&self) -> Shared<'_> {
-        Shared(core::marker::PhantomData)
-    }
-}
-impl<T> WriteGuard<'_, T> {
-    /// Proof of the exclusive side.
-    pub fn token(&self) -> Exclusive<'_> {
-        Exclusive(core::marker::PhantomData)
-    }
-    /// True if others wait.
-    pub fn contended(&self) -> bool {
-        false
+
+impl<'a> From<Exclusive<'a>> for Shared<'a> {
+    #[inline]
+    fn from(x: Exclusive<'a>) -> Self {
+        x.shared()
     }
 }
 
 /// Shared access to the data.
 pub struct ReadGuard<'a, T> {
+    /// The writer bits the reader waited on (tests check the handoff).
+    #[cfg(test)]
+    waited: u64,
     lock: &'a RwLock<T>,
-    shard: &'a AtomicU64,
+    shard: &'a Shard,
     events: u64,
 }
 
@@ -188,14 +321,20 @@ impl<T> ReadGuard<'_, T> {
     /// Counts one event, published when the guard is released.
     #[inline]
     pub fn count_event(&mut self) {
-        self.events += 1;
+        self.events = self.events.wrapping_add(1);
+    }
+
+    /// Proof of the shared side, valid while this guard is borrowed.
+    #[inline]
+    pub fn token(&self) -> Shared<'_> {
+        Shared(PhantomData)
     }
 }
 
 impl<T> Deref for ReadGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        // SAFETY: in read mode no `&mut T` exists.
+        // SAFETY: in read mode no `&mut T` exists (the protocol above).
         unsafe { &*self.lock.data.get() }
     }
 }
@@ -203,18 +342,37 @@ impl<T> Deref for ReadGuard<'_, T> {
 impl<T> Drop for ReadGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
-        // One atomic operation leaves and publishes the events (wrapping:
-        // the event field may carry into nothing but itself).
-        self.shard.fetch_add(
-            self.events.wrapping_mul(EVENT).wrapping_sub(READER),
-            Ordering::Release,
-        );
+        if self.events != 0 {
+            self.shard.events.fetch_add(self.events, Relaxed);
+        }
+        // Release: our reads happen before the next writer's access.
+        self.shard.rout.fetch_add(RINC, Release);
     }
 }
 
 /// Exclusive access to the data.
 pub struct WriteGuard<'a, T> {
     lock: &'a RwLock<T>,
+}
+
+impl<T> WriteGuard<'_, T> {
+    /// Proof of the exclusive side, valid while this guard is borrowed.
+    #[inline]
+    pub fn token(&self) -> Exclusive<'_> {
+        Exclusive(PhantomData)
+    }
+
+    /// Whether a reader or another writer waits: a long write section may
+    /// then drop the guard and take it again to let them in.
+    pub fn contended(&self) -> bool {
+        let (t, s) = (&self.lock.tickets, &self.lock.shards);
+        // We hold ticket `wout`; beyond it, `win` counts waiting writers.
+        // While we hold the lock `rout` stays at our snapshot, so readers in
+        // `rin` beyond it are waiting.
+        t.win.load(Relaxed).wrapping_sub(t.wout.load(Relaxed)) > 1
+            || s.iter()
+                .any(|s| s.rin.load(Relaxed) & !WBITS != s.rout.load(Relaxed))
+    }
 }
 
 impl<T> Deref for WriteGuard<'_, T> {
@@ -234,67 +392,479 @@ impl<T> DerefMut for WriteGuard<'_, T> {
 
 impl<T> Drop for WriteGuard<'_, T> {
     fn drop(&mut self) {
-        self.lock.writer.store(0, Ordering::Release);
+        // Release: our writes happen before the readers we let in...
+        for s in &self.lock.shards {
+            s.rin.fetch_and(!WBITS, Release);
+        }
+        // ...and before the next writer.
+        self.lock.tickets.wout.fetch_add(1, Release);
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 
-    #[test]
-    fn writer_excludes_readers_and_writers() {
-        let lock = RwLock::new(0u64);
+    /// Waiters yield: the tests run more threads than this machine may have
+    /// cores, and a spinning waiter would burn the time slice of the thread
+    /// it waits for.
+    struct Yield;
+    impl Relax for Yield {
+        fn relax(&self) {
+            std::thread::yield_now();
+        }
+    }
+
+    impl<T> RwLock<T> {
+        fn r(&self) -> ReadGuard<'_, T> {
+            self.read_with(&Yield)
+        }
+        fn w(&self) -> WriteGuard<'_, T> {
+            self.write_with(&Yield)
+        }
+    }
+
+    /// Miri is ~1000x slower: same tests, far fewer rounds.
+    const N: usize = if cfg!(miri) { 20 } else { 10_000 };
+
+    impl<T> RwLock<T> {
+        /// An unlocked lock's counters, as if `readers` readers had come
+        /// and gone per shard, `tickets` writers had, and shard `i` had
+        /// counted `events[i]` events.
+        fn preset(&self, readers: u64, tickets: u64, events: [u64; SHARDS]) {
+            for (s, e) in self.shards.iter().zip(events) {
+                s.rin.store(readers.wrapping_mul(RINC), SeqCst);
+                s.rout.store(readers.wrapping_mul(RINC), SeqCst);
+                s.events.store(e, SeqCst);
+            }
+            self.tickets.win.store(tickets, SeqCst);
+            self.tickets.wout.store(tickets, SeqCst);
+        }
+    }
+
+    /// A count only writers touch, and a flag raised during each write
+    /// that no reader may see.
+    type Probe = (u64, AtomicBool);
+
+    fn exclusion(lock: &RwLock<Probe>, threads: u64) {
         std::thread::scope(|s| {
-            for _ in 0..4 {
-                s.spawn(|| {
-                    for _ in 0..10_000 {
-                        *lock.write() += 1;
-                        let r = lock.read();
-                        assert!(*r > 0);
+            for i in 0..threads as usize {
+                s.spawn(move || {
+                    for _ in 0..N {
+                        let mut w = lock.w();
+                        w.1.store(true, Relaxed);
+                        let v = w.0;
+                        std::hint::black_box(&mut *w).0 = v + 1;
+                        w.1.store(false, Relaxed);
+                        drop(w);
+                        let r = lock.read_in(i, &Yield);
+                        for _ in 0..10 {
+                            assert!(!r.1.load(Relaxed), "a reader saw a write in progress");
+                        }
                     }
                 });
             }
         });
-        assert_eq!(*lock.read(), 40_000);
+        assert_eq!(lock.r().0, threads * N as u64, "writers overlapped");
+    }
+
+    #[test]
+    fn writer_excludes_readers_and_writers() {
+        exclusion(&RwLock::new((0, AtomicBool::new(false))), 4);
+    }
+
+    #[test]
+    fn counters_wrap_without_corrupting_each_other() {
+        let lock = RwLock::new((0, AtomicBool::new(false)));
+        // A reader that wraps `rin` to 0 still holds a writer off.
+        lock.preset(u64::MAX / RINC, u64::MAX, [0; SHARDS]);
+        let r = lock.read_in(0, &Yield);
+        std::thread::scope(|s| {
+            s.spawn(|| lock.w().1.store(true, Relaxed));
+            for _ in 0..1000 {
+                assert!(!r.1.load(Relaxed), "a writer got in past a reader");
+                std::thread::yield_now();
+            }
+            drop(r);
+        });
+        assert!(lock.r().1.load(Relaxed));
+        // Readers and tickets start a few steps before wrapping to 0.
+        lock.preset(
+            0u64.wrapping_sub(3 * RINC) / RINC,
+            u64::MAX - 2,
+            [0; SHARDS],
+        );
+        exclusion(&lock, 4);
+        assert_eq!(lock.events(), 0);
+        for s in &lock.shards {
+            assert_eq!(s.rin.load(SeqCst), s.rout.load(SeqCst));
+        }
+    }
+
+    /// Threads on different stacks spread over the shards.
+    #[test]
+    fn threads_spread_over_shards() {
+        let shards: std::collections::BTreeSet<usize> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8).map(|_| s.spawn(my_shard)).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(shards.len() >= 2, "8 threads all on shard {shards:?}");
+        assert!(shards.iter().all(|&i| i < SHARDS));
     }
 
     #[test]
     fn waiting_writer_is_not_starved_by_readers() {
         let lock = RwLock::new(0u64);
-        let stop = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
         std::thread::scope(|s| {
             for _ in 0..3 {
                 s.spawn(|| {
-                    while stop.load(Ordering::Relaxed) == 0 {
-                        let _r = lock.read();
-                        spin_loop();
+                    while !stop.load(SeqCst) {
+                        let _r = lock.r();
+                        core::hint::spin_loop();
                     }
                 });
             }
-            for _ in 0..100 {
-                *lock.write() += 1;
+            for _ in 0..N / 100 + 1 {
+                *lock.w() += 1;
             }
-            stop.store(1, Ordering::Relaxed);
+            stop.store(true, SeqCst);
         });
-        assert_eq!(*lock.read(), 100);
+        assert_eq!(*lock.r(), N as u64 / 100 + 1);
+    }
+
+    /// Yields until `f` holds, or gives up after many tries (a broken lock
+    /// then fails the test's assertions instead of hanging it).
+    fn until(f: impl Fn() -> bool) -> bool {
+        for _ in 0..if cfg!(miri) { 10_000 } else { 1_000_000 } {
+            if f() {
+                return true;
+            }
+            std::thread::yield_now();
+        }
+        false
+    }
+
+    /// Readers queued in `rin` (waiting or inside), over all shards.
+    fn readers_in<T>(lock: &RwLock<T>) -> u64 {
+        let n = lock
+            .shards
+            .iter()
+            .map(|s| (s.rin.load(SeqCst) & !WBITS).wrapping_sub(s.rout.load(SeqCst)));
+        n.fold(0, u64::wrapping_add) / RINC
+    }
+
+    /// One writer loops; readers (on every shard, all queued behind its
+    /// first round) count the distinct values they saw while it looped. A
+    /// writer-preferring lock lets the writer re-take the lock at once:
+    /// readers see next to nothing.
+    #[test]
+    fn readers_progress_while_a_writer_loops() {
+        let lock = RwLock::new(0usize);
+        let readers = 3;
+        let seen: Vec<usize> = std::thread::scope(|s| {
+            let mut w = lock.w();
+            let hs: Vec<_> = (0..readers)
+                .map(|i| {
+                    let lock = &lock;
+                    s.spawn(move || {
+                        let (mut last, mut distinct) = (0, 0);
+                        loop {
+                            let v = *lock.read_in(i, &Yield);
+                            if v >= N {
+                                return distinct;
+                            }
+                            distinct += usize::from(v != last);
+                            last = v;
+                        }
+                    })
+                })
+                .collect();
+            until(|| readers_in(&lock) == readers as u64);
+            *w += 1;
+            drop(w);
+            for _ in 1..N {
+                *lock.w() += 1;
+            }
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let total: usize = seen.iter().sum();
+        // Phase-fair: every write phase admits the readers waiting on it.
+        assert!(total >= N / 4, "readers saw {seen:?} of {N} write phases");
+    }
+
+    /// Readers loop, overlapping, on every shard; the writer must get its
+    /// writes in while they do. A reader-preferring lock makes it wait for a
+    /// moment with no reader at all; the readers then give up after 100 N
+    /// reads each, long before they see the writer's last value.
+    #[test]
+    fn writers_progress_while_readers_loop() {
+        let lock = RwLock::new(0usize);
+        let ready = AtomicUsize::new(0);
+        let readers = 3;
+        let last_seen: Vec<usize> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..readers)
+                .map(|i| {
+                    let (lock, ready) = (&lock, &ready);
+                    s.spawn(move || {
+                        ready.fetch_add(1, SeqCst);
+                        let mut v = 0;
+                        for _ in 0..100 * N {
+                            let r = lock.read_in(i, &Yield);
+                            // Hold it a little, so readers overlap.
+                            for _ in 0..20 {
+                                core::hint::spin_loop();
+                            }
+                            v = *r;
+                            if v == N {
+                                break;
+                            }
+                        }
+                        v
+                    })
+                })
+                .collect();
+            until(|| ready.load(SeqCst) == readers);
+            for _ in 0..N {
+                *lock.w() += 1;
+            }
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(last_seen, [N; 3], "the writer starved");
+    }
+
+    /// The phase-fair handoff, deterministically: a reader that arrives
+    /// while writer 1 holds the lock enters before writer 2, queued behind
+    /// it, even though writer 2 was already waiting.
+    #[test]
+    fn reader_blocked_by_a_writer_enters_before_the_next_writer() {
+        for _ in 0..N / 100 + 1 {
+            let lock = RwLock::new(0u64);
+            let w1 = lock.w();
+            std::thread::scope(|s| {
+                let r = s.spawn(|| {
+                    let g = lock.r();
+                    (g.waited, *g)
+                });
+                assert!(until(|| w1.contended()));
+                let w2 = s.spawn(|| *lock.w() = 2);
+                let t = &lock.tickets;
+                assert!(until(|| t.win.load(SeqCst) == 2));
+                let mut w1 = w1;
+                *w1 = 1;
+                drop(w1);
+                w2.join().unwrap();
+                assert_eq!(
+                    r.join().unwrap(),
+                    (PRESENT, 1),
+                    "writer 2 overtook the reader"
+                );
+            });
+        }
+    }
+
+    #[test]
+    fn contended_sees_waiting_readers_and_writers() {
+        let lock = RwLock::new(());
+        let w = lock.w();
+        assert!(!w.contended());
+        std::thread::scope(|s| {
+            s.spawn(|| drop(lock.r()));
+            assert!(until(|| w.contended()), "a waiting reader went unseen");
+            drop(w);
+        });
+        let w = lock.w();
+        assert!(!w.contended());
+        std::thread::scope(|s| {
+            s.spawn(|| drop(lock.w()));
+            assert!(until(|| w.contended()), "a waiting writer went unseen");
+            drop(w);
+        });
+        assert!(!lock.w().contended());
     }
 
     #[test]
     fn events_counted_by_readers_add_up_across_shards() {
         let lock = RwLock::new(());
         std::thread::scope(|s| {
-            for _ in 0..4 {
-                s.spawn(|| {
-                    for _ in 0..1000 {
-                        let mut g = lock.read();
+            for i in 0..2 * SHARDS {
+                let lock = &lock;
+                s.spawn(move || {
+                    for _ in 0..N / 10 {
+                        let mut g = lock.read_in(i, &Yield);
+                        g.count_event();
                         g.count_event();
                     }
+                    drop(lock.r());
                 });
             }
         });
-        assert_eq!(lock.events(), 4000);
+        assert_eq!(lock.events(), 4 * SHARDS as u64 * (N / 10) as u64);
         // Every reader left: a writer gets in.
-        drop(lock.write());
+        drop(lock.w());
+    }
+
+    #[test]
+    fn events_stay_exact_across_2_pow_40_and_wrap_at_2_pow_64() {
+        let lock = RwLock::new(());
+        let count = |shard: usize, n: u64| {
+            let mut g = lock.read_in(shard, &Yield);
+            for _ in 0..n {
+                g.count_event();
+            }
+        };
+        let mut events = [0; SHARDS];
+        events[1] = (1 << 40) - 2;
+        lock.preset(0, 0, events);
+        count(1, 5);
+        assert_eq!(lock.events(), (1 << 40) + 3);
+        events[1] = 1 << 63;
+        events[2] = (1 << 63) - 1;
+        lock.preset(0, 0, events);
+        count(2, 1);
+        assert_eq!(lock.events(), 0);
+        count(3, 7);
+        assert_eq!(lock.events(), 7);
+    }
+
+    #[test]
+    fn tokens_are_zero_sized_and_exclusive_serves_as_shared() {
+        fn needs_shared(_: Shared<'_>) {}
+        fn needs_exclusive(x: &Exclusive<'_>) {
+            needs_shared(x.shared());
+            needs_shared((*x).into());
+        }
+        assert_eq!(core::mem::size_of::<Shared<'_>>(), 0);
+        assert_eq!(core::mem::size_of::<Exclusive<'_>>(), 0);
+        let lock = RwLock::new(());
+        needs_exclusive(&lock.w().token());
+        needs_shared(lock.r().token());
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! Loom explores every interleaving and every value a weak load may
+    //! return, and fails on any access to `Checked` that the lock leaves
+    //! unordered. Waiters yield; loom lets a yield hand over to any thread
+    //! at no cost, so two threads waiting at once can pass the turn between
+    //! them forever and exhaust loom's branch budget. Models where at most
+    //! one thread waits at a time run unbounded; the others allow one
+    //! preemption.
+
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    struct Yield;
+    impl Relax for Yield {
+        fn relax(&self) {
+            thread::yield_now();
+        }
+    }
+
+    /// The protected data: loom checks every access to it against the
+    /// happens-before the lock provides, and fails on a concurrent one.
+    struct Checked(loom::cell::UnsafeCell<u64>);
+
+    // SAFETY: `Checked` is only reached through the lock under test; loom
+    // reports any access that the lock fails to order.
+    unsafe impl Sync for Checked {}
+
+    impl Checked {
+        fn get(&self) -> u64 {
+            // SAFETY: loom checks this read against concurrent writes.
+            self.0.with(|p| unsafe { *p })
+        }
+        fn bump(&self) {
+            // SAFETY: loom checks this write against concurrent accesses.
+            self.0.with_mut(|p| unsafe { *p += 1 })
+        }
+    }
+
+    fn lock() -> Arc<RwLock<Checked>> {
+        Arc::new(RwLock::new(Checked(loom::cell::UnsafeCell::new(0))))
+    }
+
+    fn model(bound: Option<usize>, f: impl Fn() + Sync + Send + 'static) {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = bound;
+        b.check(f);
+    }
+
+    /// A reader on shard 0 then on shard 1, against a writer: the writer's
+    /// snapshot and its bits on each shard both matter.
+    #[test]
+    fn loom_writer_excludes_reader() {
+        model(None, || {
+            let lock = lock();
+            let l = lock.clone();
+            let r = thread::spawn(move || {
+                let a = l.read_in(0, &Yield).get();
+                let b = l.read_in(1, &Yield).get();
+                assert!(a <= b);
+            });
+            lock.write_with(&Yield).bump();
+            r.join().unwrap();
+        });
+    }
+
+    /// Readers on both shards at once, against a writer.
+    #[test]
+    fn loom_writer_excludes_readers_on_two_shards() {
+        model(Some(1), || {
+            let lock = lock();
+            let rs: Vec<_> = (0..2)
+                .map(|i| {
+                    let l = lock.clone();
+                    thread::spawn(move || l.read_in(i, &Yield).get())
+                })
+                .collect();
+            lock.write_with(&Yield).bump();
+            for r in rs {
+                assert!(r.join().unwrap() <= 1);
+            }
+        });
+    }
+
+    #[test]
+    fn loom_two_writers_exclusive() {
+        model(None, || {
+            let lock = lock();
+            let l = lock.clone();
+            let t = thread::spawn(move || l.write_with(&Yield).bump());
+            lock.write_with(&Yield).bump();
+            t.join().unwrap();
+            assert_eq!(lock.read_in(1, &Yield).get(), 2);
+        });
+    }
+
+    /// Writer 1 holds the lock; a reader and writer 2 arrive. Whenever the
+    /// reader found writer 1's bits, it must enter before writer 2 and see
+    /// writer 1's value.
+    #[test]
+    fn loom_reader_blocked_by_writer_gets_in() {
+        model(Some(1), || {
+            let lock = lock();
+            let w1 = lock.write_with(&Yield);
+            let l = lock.clone();
+            let r = thread::spawn(move || {
+                let g = l.read_in(1, &Yield);
+                (g.waited, g.get())
+            });
+            let l = lock.clone();
+            let w2 = thread::spawn(move || l.write_with(&Yield).bump());
+            w1.bump();
+            drop(w1);
+            let (waited, seen) = r.join().unwrap();
+            if waited == PRESENT {
+                assert_eq!(
+                    seen, 1,
+                    "writer 2 overtook a reader that waited on writer 1"
+                );
+            }
+            w2.join().unwrap();
+        });
     }
 }
