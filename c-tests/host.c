@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -209,6 +210,14 @@ static void hook_flush(void *ctx, uint64_t gpa, uint64_t size) {
   pthread_mutex_unlock(&p->lock);
 }
 
+/* The test threads outnumber the CPUs (2 here): a waiter that spins while
+ * the lock holder is descheduled burns its time slice. Yield instead, as a
+ * hosted VMM's relax hook should. */
+static void hook_relax(void *ctx) {
+  (void)ctx;
+  sched_yield();
+}
+
 axalloc_hooks_t th_hooks(th_pool_t *p) {
   axalloc_hooks_t h = {0};
   h.ctx = p;
@@ -216,6 +225,7 @@ axalloc_hooks_t th_hooks(th_pool_t *p) {
   h.free_frame = hook_free;
   h.phys_to_virt = hook_p2v;
   h.flush_tlb = hook_flush;
+  h.relax = hook_relax;
   return h;
 }
 
@@ -413,6 +423,7 @@ th_fx_t th_fx_new_tapped(th_tap_t *tap, uint32_t format, uint32_t cfg_flags, uin
   h.free_frame = tap_free;
   h.phys_to_virt = tap_p2v;
   h.flush_tlb = tap_flush;
+  h.relax = hook_relax;
   axalloc_config_t cfg = {format, cfg_flags, base, size, 0};
   axalloc_status_t st = axalloc_as_create(&cfg, &h, &f.as);
   if (st != AXALLOC_OK) {
