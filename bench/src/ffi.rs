@@ -12,6 +12,7 @@ pub const EXEC: u32 = 1 << 2;
 
 pub const FORMAT_X86_EPT: u32 = 1;
 pub const CFG_FRAMES_ZEROED: u32 = 1 << 0;
+pub const CFG_LINEAR_MAP: u32 = 1 << 13;
 
 #[repr(C)]
 pub struct Config {
@@ -61,6 +62,8 @@ extern "C" {
     pub fn axalloc_unmap(a: *mut As, gpa: u64, size: u64) -> i32;
     pub fn axalloc_handle_fault(a: *mut As, gpa: u64, access: u32) -> i32;
     pub fn axalloc_translate(a: *const As, gpa: u64, hpa_out: *mut u64, size_out: *mut u64) -> i32;
+    pub fn axalloc_reserve(a: *mut As, frames: u64) -> i32;
+    pub fn axalloc_translate_many(a: *const As, gpas: *const u64, hpas: *mut u64, page_sizes: *mut u64, n: usize) -> i32;
 }
 
 pub fn status_str(rc: i32) -> String {
@@ -86,7 +89,11 @@ unsafe impl Sync for Space {}
 
 impl Space {
     pub fn create(hooks: &Hooks, flags: u32, base: u64, size: u64) -> Space {
-        let cfg = Config { format: FORMAT_X86_EPT, flags, base, size, linear_offset: 0 };
+        Space::create_linear(hooks, flags, base, size, 0)
+    }
+    /// With `CFG_LINEAR_MAP` in `flags`: `linear_offset` = hva - hpa.
+    pub fn create_linear(hooks: &Hooks, flags: u32, base: u64, size: u64, linear_offset: u64) -> Space {
+        let cfg = Config { format: FORMAT_X86_EPT, flags, base, size, linear_offset };
         let mut p = core::ptr::null_mut();
         // SAFETY: valid pointers; the hooks honour the header's contract.
         ok(unsafe { axalloc_as_create(&cfg, hooks, &mut p) }, "axalloc_as_create");

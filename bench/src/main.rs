@@ -10,12 +10,13 @@
 //!
 //! Method: the main thread is pinned to the first allowed CPU (second
 //! thread of rows 5 and 7 to the next one); /proc/cpuinfo model is printed.
-//!   --only LIST   comma-separated subset of: populate,lazy,translate,unmap,threads,floor,kernel
+//!   --only LIST   comma-separated subset of: populate,lazy,translate,unmap,threads,floor,kernel,fault
 //!   --side S      run only one implementation (for perf / callgrind)
 //!
 //! Everything is reported in ns per 4 KiB page (translate: ns per lookup);
 //! BENCHMARKS.md quotes the ratios.
 
+mod fault;
 mod ffi;
 mod pool;
 
@@ -115,7 +116,7 @@ impl Opts {
                     }
                 }
                 "-h" | "--help" => {
-                    println!("usage: axalloc-bench [--short] [--reps N] [--only populate,lazy,translate,unmap,threads,floor,kernel] [--side ax|peer|both] [--variant zeroing|prezeroed]");
+                    println!("usage: axalloc-bench [--short] [--reps N] [--only populate,lazy,translate,unmap,threads,floor,kernel,fault] [--side ax|peer|both] [--variant zeroing|prezeroed]");
                     std::process::exit(0);
                 }
                 _ => panic!("unknown argument {a} (try --help)"),
@@ -664,6 +665,9 @@ impl Bench {
         let mut t_walk_inline = [vec![], vec![]];
         let mut t_walk_call = [vec![], vec![]];
         let mut sums = [[0u64; 3]; 2];
+        const BATCH: usize = 64;
+        let mut t_many = vec![];
+        let mut many_sum = 0u64;
         perf(true);
         for rep in 0..self.o.reps + 1 {
             for ax_turn in turns(rep) {
@@ -675,6 +679,22 @@ impl Bench {
                 }
                 t_ax.push(per(t.elapsed(), n));
                 sums[0][0] = black_box(acc);
+                // The same lookups through axalloc_translate_many, in batches.
+                let t = Instant::now();
+                let mut acc = 0u64;
+                let mut hpas = [0u64; BATCH];
+                for chunk in gpas.chunks(BATCH) {
+                    // SAFETY: live handle; `chunk.len()` readable / writable elements.
+                    let rc = unsafe {
+                        ffi::axalloc_translate_many(s.0, black_box(chunk.as_ptr()), hpas.as_mut_ptr(), core::ptr::null_mut(), chunk.len())
+                    };
+                    debug_assert_eq!(rc, ffi::OK);
+                    for &h in &hpas[..chunk.len()] {
+                        acc = acc.wrapping_add(h);
+                    }
+                }
+                t_many.push(per(t.elapsed(), n));
+                many_sum = black_box(acc);
             }
             if let (false, Some(a)) = (ax_turn, &peer) {
                 let t = Instant::now();
@@ -714,6 +734,7 @@ impl Bench {
         perf(false);
         if ax.is_some() {
             self.checks.check(sums[0][0] == sums[0][1] && sums[0][1] == sums[0][2], "ax translate disagrees with the plain walk");
+            self.checks.check(many_sum == sums[0][1], "ax translate_many disagrees with the plain walk");
         }
         if peer.is_some() {
             self.checks.check(sums[1][0] == sums[1][1] && sums[1][1] == sums[1][2], "peer translate disagrees with the plain walk");
@@ -727,6 +748,26 @@ impl Bench {
         self.row("3. plain 4-level walk, inlined (ns/lookup)", wa, wb, "same addresses, each side's own table");
         let [ca, cb] = t_walk_call.each_mut().map(median);
         self.row("3. plain 4-level walk behind a C call (ns/lookup)", ca, cb, "same, as a non-inlined extern \"C\" fn");
+        let m = median(&mut t_many);
+        self.row(format!("3. translate_many, batches of {BATCH} (ns/lookup)"), m, None, "libaxalloc only; same addresses");
+        match (a, wa, ca) {
+            (Some(a), Some(w), Some(c)) => self.target(
+                "8. translate ≤ 2× a plain 4-level walk (behind a C call)",
+                format!("{:.2}× the called walk, {:.2}× the inlined walk", a / c, a / w),
+                "≤ 2×",
+                Some(a / c <= 2.0),
+            ),
+            _ => self.target("8. translate ≤ 2× a plain walk", "not measured".into(), "≤ 2×", None),
+        }
+        match (m, wa, ca) {
+            (Some(m), Some(w), Some(c)) => self.target(
+                &format!("8. translate_many ({BATCH}/batch) ≤ 1.3× the plain walk (inlined)"),
+                format!("{:.2}× the inlined walk, {:.2}× the called walk", m / w, m / c),
+                "≤ 1.3×",
+                Some(m / w <= 1.3),
+            ),
+            _ => self.target("8. translate_many ≤ 1.3× a plain walk", "not measured".into(), "≤ 1.3×", None),
+        }
         match (a, wa, ca) {
             (Some(a), Some(w), Some(c)) => self.target(
                 "translate within 1.2× of a plain 4-level walk",
@@ -1434,6 +1475,9 @@ fn main() {
     let mut fl = (None, None);
     if b.o.wants("floor") {
         fl = b.floor();
+    }
+    if b.o.wants("fault") {
+        b.fault_path(&p);
     }
     if b.o.wants("kernel") {
         b.kernel_populate(&p);
