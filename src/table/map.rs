@@ -297,19 +297,13 @@ impl<'a, F: Format> Walker<'a, F> {
     /// Undoes a prepare: frees every parked frame and subtree and every
     /// spine. Nothing was visible, so no flush is needed.
     pub fn rollback(&self, p: &Prepared<'_>) -> Result {
-        let mut it = Iter::root(self, p.start, p.end, Descend::Present)?;
-        while let Some(v) = it.next()? {
-            let Visit::Slot(s) = v else { continue };
-            if F::is_parked(s.raw) {
-                it.step_over();
-                s.entry.store(F::EMPTY, Ordering::Relaxed);
-                // SAFETY: a parked entry of this prepare was never present.
-                unsafe { self.release_entry(s.raw, s.level, s.base)? };
+        // SAFETY: parked entries in the claimed range are this prepare's and
+        // were never present; spines were never linked.
+        unsafe {
+            self.release_parked(p.start, p.end)?;
+            for spine in p.spines.iter().flatten() {
+                self.release_subtree(spine.table, spine.level - 1, spine.base)?;
             }
-        }
-        for spine in p.spines.iter().flatten() {
-            // SAFETY: a spine is never linked before commit.
-            unsafe { self.release_subtree(spine.table, spine.level - 1, spine.base)? };
         }
         Ok(())
     }

@@ -271,6 +271,29 @@ impl<'a, F: Format> Walker<'a, F> {
         Ok(())
     }
 
+    /// Clears every parked entry in `[lo, hi)` and frees what each held — the
+    /// end of a failed map (rollback) and of an unmap (reclaim).
+    ///
+    /// # Safety
+    /// No hardware or software walker can reach what the parked entries hold
+    /// (never visible, or detached and flushed since), and no other
+    /// operation parks entries in the range meanwhile (its claim).
+    pub(crate) unsafe fn release_parked(&self, lo: usize, hi: usize) -> Result {
+        let mut it = Iter::root(self, lo, hi, Descend::Present)?;
+        while let Some(v) = it.next()? {
+            let Visit::Slot(s) = v else { continue };
+            if F::is_parked(s.raw) {
+                it.step_over();
+                // Release: a walker that sees the slot empty and links a new
+                // table there sees our clearing first.
+                s.entry.store(F::EMPTY, Ordering::Release);
+                // SAFETY: per this function's contract.
+                unsafe { self.release_entry(s.raw, s.level, s.base)? };
+            }
+        }
+        Ok(())
+    }
+
     /// Frees every frame and table, root included.
     ///
     /// # Safety

@@ -249,18 +249,10 @@ impl<'a, F: Format> Walker<'a, F> {
     /// caller's claim keeps every other map and unmap out of the span.
     pub fn reclaim(&self, flushed: Flushed) -> Result {
         let (lo, hi) = flushed.0.span();
-        let mut it = Iter::root(self, lo, hi, Descend::Present)?;
-        while let Some(v) = it.next()? {
-            let Visit::Slot(s) = v else { continue };
-            if F::is_parked(s.raw) {
-                it.step_over();
-                s.entry.store(F::EMPTY, Ordering::Release);
-                // SAFETY: detached under the exclusive lock (no software
-                // walker can be below it since), and `flushed` proves the
-                // hardware's cached translations of it are gone.
-                unsafe { self.release_entry(s.raw, s.level, s.base)? };
-            }
-        }
-        Ok(())
+        // SAFETY: detached under the exclusive lock (no software walker can
+        // be below a parked entry since), `flushed` proves the hardware's
+        // cached translations of them are gone, and the caller's claim keeps
+        // other operations out of the span.
+        unsafe { self.release_parked(lo, hi) }
     }
 }
