@@ -234,6 +234,10 @@ impl<'a, F: Format> Walker<'a, F> {
     /// # Safety
     /// As [`Walker::release_entry`].
     pub(crate) unsafe fn release_subtree(&self, table: Hpa, level: usize, base: usize) -> Result {
+        if level == 0 {
+            // SAFETY: forwarded contract.
+            return unsafe { self.release_leaf_table(table) };
+        }
         let span = if level == Self::TOP {
             Self::entries(level) * level_size(level)
         } else {
@@ -247,26 +251,64 @@ impl<'a, F: Format> Walker<'a, F> {
             Descend::Parked,
         )?;
         while let Some(v) = it.next()? {
-            match v {
-                Visit::Slot(s) => {
-                    let raw = if F::is_parked(s.raw) {
-                        F::unpark(s.raw)
-                    } else {
-                        s.raw
-                    };
-                    if let Entry::Leaf { hpa, owned: true } = format::decode::<F>(raw, s.level) {
-                        if s.level != 0 {
-                            return Err(Error::Internal);
-                        }
-                        // SAFETY: per this function's contract.
-                        unsafe { self.frames.free_guest(hpa) };
-                    }
+            let Visit::Slot(s) = v else {
+                // Leaf tables are released whole below; the rest here, after
+                // their children (post-order).
+                if let Visit::Leave { table, .. } = v {
+                    // SAFETY: every entry below it was released just before.
+                    unsafe { self.frames.free_table(table) };
                 }
-                // SAFETY: every entry below it was released just before.
-                Visit::Leave { table, .. } => unsafe { self.frames.free_table(table) },
+                continue;
+            };
+            let raw = if F::is_parked(s.raw) {
+                F::unpark(s.raw)
+            } else {
+                s.raw
+            };
+            match format::decode::<F>(raw, s.level) {
+                // The bulk of every teardown: a whole leaf table in one loop.
+                Entry::Table(t) if s.level == 1 => {
+                    it.step_over();
+                    // SAFETY: per this function's contract.
+                    unsafe { self.release_leaf_table(t)? };
+                }
+                Entry::Leaf { hpa, owned: true } => {
+                    if s.level != 0 {
+                        return Err(Error::Internal);
+                    }
+                    // SAFETY: per this function's contract.
+                    unsafe { self.frames.free_guest(hpa) };
+                }
+                _ => {}
             }
         }
         // SAFETY: as above, for the top table.
+        unsafe { self.frames.free_table(table) };
+        Ok(())
+    }
+
+    /// Frees the owned frames a leaf table maps (present or parked), then the
+    /// table.
+    ///
+    /// # Safety
+    /// As [`Walker::release_entry`].
+    unsafe fn release_leaf_table(&self, table: Hpa) -> Result {
+        for e in self.view(table, 0)? {
+            let raw = e.load(Ordering::Relaxed);
+            if raw == F::EMPTY {
+                continue;
+            }
+            let raw = if F::is_parked(raw) {
+                F::unpark(raw)
+            } else {
+                raw
+            };
+            if let Entry::Leaf { hpa, owned: true } = format::decode::<F>(raw, 0) {
+                // SAFETY: per this function's contract.
+                unsafe { self.frames.free_guest(hpa) };
+            }
+        }
+        // SAFETY: per this function's contract; its entries were just released.
         unsafe { self.frames.free_table(table) };
         Ok(())
     }

@@ -315,7 +315,8 @@ fn concurrent_faults_on_one_page_install_one_frame() {
 fn failed_populate_leaves_nothing_behind() {
     // region chunk + PDPT + 2 PDs + 2 PTs + 4 guest frames
     let needed = 1 + 1 + 2 + 2 + 4;
-    for n in 0..needed + 2 {
+    // Under Miri a sample of the failure points (the pool set-up dominates).
+    for n in (0..needed + 2).filter(|n| !cfg!(miri) || n % 4 == 0 || *n == needed) {
         let pool = Pool::new(64);
         let space = pool.space(crate::format::FormatKind::X86Ept, 4 * GIB);
         // SAFETY: alive until `pool.destroy(space)` below.

@@ -68,8 +68,8 @@ fn range(rng: &mut Rng) -> (u64, u64) {
 
 /// Steps per seed: Miri interprets every instruction, so it runs a short
 /// walk over a smaller pool (still every operation kind, splits included).
-const STEPS: usize = if cfg!(miri) { 60 } else { 1200 };
-const POOL_FRAMES: usize = if cfg!(miri) { 4096 } else { 32768 };
+const STEPS: usize = if cfg!(miri) { 25 } else { 1200 };
+const POOL_FRAMES: usize = if cfg!(miri) { 1024 } else { 32768 };
 
 fn run(format: FormatKind, seed: u64, steps: usize) {
     let pool = Pool::new(POOL_FRAMES);

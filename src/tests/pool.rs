@@ -26,9 +26,52 @@ struct State {
 }
 
 pub struct Pool {
-    mem: Box<[Frame]>,
+    /// The frames: a raw allocation (not a `Box`), because the library
+    /// writes through pointers `phys_to_virt` derives from it while the pool
+    /// is shared — Miri's aliasing model rejects that for a `Box`.
+    mem: NonNull<[Frame]>,
     state: Mutex<State>,
     hooks: Hooks,
+}
+
+// SAFETY: the frames are plain memory handed out by the hooks (the library
+// synchronises its own use of them); the bookkeeping is behind the mutex.
+unsafe impl Sync for Pool {}
+// SAFETY: as above; nothing is tied to a thread.
+unsafe impl Send for Pool {}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // SAFETY: `mem` came from `Box::into_raw` in `Pool::new`; nothing
+        // uses it any more.
+        drop(unsafe { Box::from_raw(self.mem.as_ptr()) });
+    }
+}
+
+/// An owned pool at a fixed address (the hooks' `ctx` points to it). Not a
+/// `Box<Pool>`: moving a `Box` re-asserts unique access to the pool, which
+/// Miri's aliasing model takes to invalidate the `ctx` the hooks hold.
+pub struct PoolBox(NonNull<Pool>);
+
+impl std::ops::Deref for PoolBox {
+    type Target = Pool;
+    fn deref(&self) -> &Pool {
+        // SAFETY: from `Box::into_raw` in `Pool::new`, freed only on drop.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+// SAFETY: a `PoolBox` is an owning pointer to a `Pool`, which is `Sync`
+// and `Send`.
+unsafe impl Sync for PoolBox {}
+// SAFETY: as above.
+unsafe impl Send for PoolBox {}
+
+impl Drop for PoolBox {
+    fn drop(&mut self) {
+        // SAFETY: from `Box::into_raw`, not used after this.
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
 }
 
 unsafe extern "C" fn alloc(ctx: *mut c_void, out: *mut u64) -> i32 {
@@ -65,8 +108,8 @@ unsafe extern "C" fn p2v(ctx: *mut c_void, hpa: u64) -> *mut c_void {
     if off >= pool.mem.len() * FRAME {
         return std::ptr::null_mut();
     }
-    // SAFETY: inside the pool's memory.
-    unsafe { (pool.mem.as_ptr() as *mut u8).add(off).cast() }
+    // SAFETY: inside the pool's memory (a raw allocation, see `Pool::mem`).
+    unsafe { pool.mem.cast::<u8>().as_ptr().add(off).cast() }
 }
 
 unsafe extern "C" fn flush(ctx: *mut c_void, gpa: u64, size: u64) {
@@ -79,11 +122,13 @@ unsafe extern "C" fn flush(ctx: *mut c_void, gpa: u64, size: u64) {
 }
 
 impl Pool {
-    pub fn new(frames: usize) -> Box<Pool> {
+    #[allow(clippy::new_ret_no_self)] // the owning handle, see `PoolBox`
+    pub fn new(frames: usize) -> PoolBox {
         let mut mem = Vec::with_capacity(frames);
         mem.resize_with(frames, || Frame([0xa5; FRAME]));
-        let mut pool = Box::new(Pool {
-            mem: mem.into_boxed_slice(),
+        let mem = NonNull::from(Box::leak(mem.into_boxed_slice()));
+        let pool = Box::new(Pool {
+            mem,
             state: Mutex::new(State {
                 used: vec![false; frames],
                 free: (0..frames).rev().collect(),
@@ -94,7 +139,8 @@ impl Pool {
             // Replaced below once the pool has its final address.
             hooks: dummy_hooks(),
         });
-        let ctx = &*pool as *const Pool as *mut c_void;
+        let pool = NonNull::from(Box::leak(pool));
+        let ctx = pool.as_ptr().cast::<c_void>();
         let c = axalloc_hooks {
             ctx,
             alloc_frame: Some(alloc),
@@ -105,9 +151,10 @@ impl Pool {
             free_contig: None,
             relax: None,
         };
-        // SAFETY: the hooks above honour the contract for the pool's life.
-        pool.hooks = unsafe { Hooks::from_c(&c) }.unwrap();
-        pool
+        // SAFETY: the hooks above honour the contract for the pool's life;
+        // `pool` is ours alone until it is returned.
+        unsafe { (*pool.as_ptr()).hooks = Hooks::from_c(&c).unwrap() };
+        PoolBox(pool)
     }
 
     pub fn hooks(&self) -> &Hooks {
