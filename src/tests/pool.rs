@@ -17,6 +17,10 @@ const FRAME: usize = 4096;
 #[repr(C, align(4096))]
 struct Frame([u8; FRAME]);
 
+fn frames_layout(frames: usize) -> std::alloc::Layout {
+    std::alloc::Layout::from_size_align(frames.max(1) * FRAME, FRAME).expect("pool layout")
+}
+
 struct State {
     used: Vec<bool>,
     free: Vec<usize>,
@@ -42,9 +46,14 @@ unsafe impl Send for Pool {}
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        // SAFETY: `mem` came from `Box::into_raw` in `Pool::new`; nothing
-        // uses it any more.
-        drop(unsafe { Box::from_raw(self.mem.as_ptr()) });
+        // SAFETY: `mem` came from `alloc` with this layout in `Pool::new`;
+        // nothing uses it any more.
+        unsafe {
+            std::alloc::dealloc(
+                self.mem.cast::<u8>().as_ptr(),
+                frames_layout(self.mem.len()),
+            )
+        };
     }
 }
 
@@ -124,9 +133,15 @@ unsafe extern "C" fn flush(ctx: *mut c_void, gpa: u64, size: u64) {
 impl Pool {
     #[allow(clippy::new_ret_no_self)] // the owning handle, see `PoolBox`
     pub fn new(frames: usize) -> PoolBox {
-        let mut mem = Vec::with_capacity(frames);
-        mem.resize_with(frames, || Frame([0xa5; FRAME]));
-        let mem = NonNull::from(Box::leak(mem.into_boxed_slice()));
+        // Garbage-filled with one `write_bytes` (Miri interprets a per-frame
+        // array initialisation byte by byte; this is one operation).
+        let layout = frames_layout(frames);
+        // SAFETY: a non-zero size (callers ask for at least one frame).
+        let raw = unsafe { std::alloc::alloc(layout) };
+        let raw = NonNull::new(raw).expect("test pool memory");
+        // SAFETY: `raw` has `layout.size()` writable bytes.
+        unsafe { raw.as_ptr().write_bytes(0xa5, layout.size()) };
+        let mem = NonNull::slice_from_raw_parts(raw.cast::<Frame>(), frames);
         let pool = Box::new(Pool {
             mem,
             state: Mutex::new(State {
