@@ -66,8 +66,10 @@ fn range(rng: &mut Rng) -> (u64, u64) {
     }
 }
 
-/// Steps per seed: Miri interprets every instruction, so it runs a short
-/// walk over a smaller pool (still every operation kind, splits included).
+/// Steps per seed and pool size. Under Miri the model tests are ignored (they
+/// take minutes interpreted; the unsafe code they drive is exercised by the
+/// other unit tests there): run one by hand with
+/// `cargo +nightly miri test --lib model -- --ignored` for a short walk.
 const STEPS: usize = if cfg!(miri) { 25 } else { 1200 };
 const POOL_FRAMES: usize = if cfg!(miri) { 1024 } else { 32768 };
 
@@ -222,6 +224,7 @@ fn check(
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "semantic coverage, run natively; minutes under Miri")]
 fn random_operations_agree_with_a_page_model_ept() {
     for seed in 1..=if cfg!(miri) { 1 } else { 3 } {
         run(FormatKind::X86Ept, seed * 0x9e37_79b9, STEPS);
@@ -229,6 +232,7 @@ fn random_operations_agree_with_a_page_model_ept() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "semantic coverage, run natively; minutes under Miri")]
 fn random_operations_agree_with_a_page_model_npt() {
     for seed in 5..=if cfg!(miri) { 5 } else { 7 } {
         run(FormatKind::X86Npt, seed * 0x9e37_79b9, STEPS);
