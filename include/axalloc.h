@@ -18,9 +18,11 @@
  *  - Hooks and locks: alloc_frame (and alloc_contig, phys_to_virt, relax)
  *    may run while the calling thread holds the lock, shared or exclusive:
  *    they must not sleep, wait for other CPUs, or call into the same address
- *    space. flush_tlb, free_frame and free_contig always run with NO lock
- *    held, so a flush may IPI other CPUs and wait for them even when those
- *    CPUs are vCPUs spinning in handle_fault with interrupts off.
+ *    space. flush_tlb, free_frame and free_contig run with NO lock held, so
+ *    a flush may IPI other CPUs and wait for them even when those CPUs are
+ *    vCPUs spinning in handle_fault with interrupts off. (One exception:
+ *    an axalloc_write that fails with NO_MEMORY while populating gives its
+ *    never-visible frames back with the shared lock held.)
  *  - Errors: a failing call changes nothing - no frame is held that was not
  *    held before, out-parameters are untouched - except AXALLOC_ERR_INTERNAL,
  *    after which the address space should be destroyed.
@@ -211,8 +213,9 @@ struct axalloc_hooks {
    */
   int32_t (*alloc_frame)(void *ctx, uint64_t *hpa_out);
   /**
-   * Required. Never called with the lock held (it may wait). Takes back a
-   * frame `alloc_frame` gave. Called exactly once
+   * Required. Never called with the lock held (it may wait), except when
+   * an `axalloc_write` fails with `NO_MEMORY` while populating (the
+   * shared lock). Takes back a frame `alloc_frame` gave. Called exactly once
    * per frame, and for a frame that hardware could reach only after the
    * `flush_tlb` call that covered its removal has returned.
    */

@@ -128,8 +128,9 @@ pub struct axalloc_hooks {
     /// says `AXALLOC_CFG_FRAMES_ZEROED`. A misaligned frame is handed back at
     /// once and counts as a failure.
     pub alloc_frame: Option<unsafe extern "C" fn(ctx: *mut c_void, hpa_out: *mut u64) -> i32>,
-    /// Required. Never called with the lock held (it may wait). Takes back a
-    /// frame `alloc_frame` gave. Called exactly once
+    /// Required. Never called with the lock held (it may wait), except when
+    /// an `axalloc_write` fails with `NO_MEMORY` while populating (the
+    /// shared lock). Takes back a frame `alloc_frame` gave. Called exactly once
     /// per frame, and for a frame that hardware could reach only after the
     /// `flush_tlb` call that covered its removal has returned.
     pub free_frame: Option<unsafe extern "C" fn(ctx: *mut c_void, hpa: u64)>,

@@ -420,10 +420,11 @@ impl AddrSpace {
             Ok(()) => {
                 let mut m = self.lock_exclusive();
                 let r = w
-                    .commit::<S>(m.token().shared(), &p)
+                    .commit::<S>(m.token().shared(), &mut p)
                     .and_then(|()| m.regions.insert(region));
                 m.claims.release(claim);
-                r
+                drop(m);
+                r.and_then(|()| w.finish(&p))
             }
             Err(e) => {
                 // Fails only on a broken invariant; the first error wins.
@@ -659,34 +660,48 @@ impl AddrSpace {
         let Some((start, end)) = self.copy_range(gpa, buf.len())? else {
             return Ok(());
         };
-        let m = self.lock_shared();
         with_format!(self.config.format, F => {
-            let hole = self.check_copy_range::<F>(&m.regions, start, end, true)?;
-            if hole {
-                // Populate the holes under the shared lock: faults go on;
-                // a fault on a page being filled meets a parked (frozen)
-                // entry and is spurious until the commit.
-                let w = self.walker::<F>();
-                let mut p = Prepared::new(start, end);
-                let mut src = Fill::<F>::new(&m.regions);
-                if let Err(e) = w.prepare(&mut p, &mut src) {
-                    // Fails only on a broken invariant; the first error wins.
-                    let _ = w.rollback(&p);
-                    return Err(e);
+            let w = self.walker::<F>();
+            let mut p = Prepared::new(start, end);
+            let m = self.lock_shared();
+            let result = 'locked: {
+                let hole = match self.check_copy_range::<F>(&m.regions, start, end, true) {
+                    Ok(h) => h,
+                    Err(e) => break 'locked Err(e),
+                };
+                if hole {
+                    // Populate the holes under the shared lock: faults go on;
+                    // a fault on a page being filled meets a parked (frozen)
+                    // entry and is spurious until the commit.
+                    let mut src = Fill::<F>::new(&m.regions);
+                    if let Err(e) = w.prepare(&mut p, &mut src) {
+                        // Under the lock (a map/unmap could otherwise meet the
+                        // parked entries): the one place `free_frame` runs
+                        // under it, on this error path only. Fails only on a
+                        // broken invariant; the first error wins.
+                        let _ = w.rollback(&p);
+                        break 'locked Err(e);
+                    }
+                    if let Err(e) = w.commit::<Fill<'_, F>>(m.token(), &mut p) {
+                        break 'locked Err(e);
+                    }
                 }
-                w.commit::<Fill<'_, F>>(m.token(), &p)?;
-            }
-            self.copy_pages::<F>(gpa as usize, buf.len(), |host, off, len| {
-                match (host, buf.get(off..off + len)) {
-                    // SAFETY: `p` points to `len` writable bytes of a present
-                    // frame in a region we hold the lock over.
-                    (Some(p), Some(src)) => unsafe {
-                        core::ptr::copy_nonoverlapping(src.as_ptr(), p.as_ptr(), len)
-                    },
-                    _ => return Err(Error::Internal),
-                }
-                Ok(())
-            })
+                self.copy_pages::<F>(gpa as usize, buf.len(), |host, off, len| {
+                    match (host, buf.get(off..off + len)) {
+                        // SAFETY: `p` points to `len` writable bytes of a
+                        // present frame in a region we hold the lock over.
+                        (Some(p), Some(src)) => unsafe {
+                            core::ptr::copy_nonoverlapping(src.as_ptr(), p.as_ptr(), len)
+                        },
+                        _ => return Err(Error::Internal),
+                    }
+                    Ok(())
+                })
+            };
+            drop(m);
+            // What merged spines kept, never visible: freed unlocked.
+            let finished = w.finish(&p);
+            result.and(finished)
         })
     }
 

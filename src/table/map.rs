@@ -15,8 +15,9 @@
 //! unpark every parked entry, then link each spine with a compare-exchange —
 //! or, if a fault linked a table there meanwhile, merge the spine's entries
 //! into it (entry by entry, compare-exchange from empty) and give the spine's
-//! never-visible tables back. **Rollback** frees what prepare parked and built;
-//! nothing was ever visible, so no flush is needed.
+//! never-visible tables back after the lock is released ([`Walker::finish`]).
+//! **Rollback** frees what prepare parked and built; nothing was ever
+//! visible, so no flush is needed.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -50,6 +51,10 @@ struct Spine<'t> {
     entry: &'t AtomicU64,
     seen: u64,
     table: Hpa,
+    /// The commit merged it into a live table: what was not moved (the
+    /// spine's own tables, leaves a fault beat) is freed by
+    /// [`Walker::finish`], with no lock held.
+    merged: bool,
     /// Level of the entry (the table sits one below).
     level: usize,
     base: usize,
@@ -122,6 +127,7 @@ impl<'a, F: Format> Walker<'a, F> {
                             entry: s.entry,
                             seen: s.raw,
                             table,
+                            merged: false,
                             level,
                             base: s.base,
                         });
@@ -223,7 +229,7 @@ impl<'a, F: Format> Walker<'a, F> {
 
     /// Step 2 of a map: makes everything prepared visible. Does not allocate;
     /// fails only on a broken invariant.
-    pub fn commit<S: LeafSource<F>>(&self, _locked: Shared<'_>, p: &Prepared<'_>) -> Result {
+    pub fn commit<S: LeafSource<F>>(&self, _locked: Shared<'_>, p: &mut Prepared<'_>) -> Result {
         // One fence for every frame zeroed with streaming stores.
         zero::streaming_fence();
         let mut it = Iter::root(self, p.start, p.end, Descend::Present)?;
@@ -235,7 +241,7 @@ impl<'a, F: Format> Walker<'a, F> {
                 s.entry.store(F::unpark(s.raw), Ordering::Release);
             }
         }
-        for spine in p.spines.iter().flatten() {
+        for spine in p.spines.iter_mut().flatten() {
             let link = format::table::<F>(spine.table);
             match spine.entry.compare_exchange(
                 spine.seen,
@@ -246,7 +252,8 @@ impl<'a, F: Format> Walker<'a, F> {
                 Ok(_) => {}
                 Err(now) => match format::decode::<F>(now, spine.level) {
                     Entry::Table(live) => {
-                        self.merge::<S>(live, spine.table, spine.level - 1, spine.base)?;
+                        spine.merged = true;
+                        self.merge::<S>(live, spine.table, spine.level - 1)?;
                     }
                     _ => return Err(Error::Internal),
                 },
@@ -256,41 +263,47 @@ impl<'a, F: Format> Walker<'a, F> {
     }
 
     /// Moves the entries of our detached table `ours` into the live table
-    /// `live` (both at `level`), then frees `ours` (never visible). Depth is
-    /// bounded by the number of levels; entries are moved with compare-exchange
-    /// from empty, since faults next door work in `live` meanwhile.
-    fn merge<S: LeafSource<F>>(&self, live: Hpa, ours: Hpa, level: usize, base: usize) -> Result {
+    /// `live` (both at `level`), entry by entry with compare-exchange from
+    /// empty, since faults next door work in `live` meanwhile. A moved entry
+    /// is cleared in `ours`; what stays (our tables whose entries moved one
+    /// level down, leaves a fault beat us to) is freed by [`Walker::finish`]
+    /// after the lock is released — never under it. Depth is bounded by the
+    /// number of levels.
+    fn merge<S: LeafSource<F>>(&self, live: Hpa, ours: Hpa, level: usize) -> Result {
         let live_view = self.view(live, level)?;
         for (i, e) in self.view(ours, level)?.iter().enumerate() {
             let raw = e.load(Ordering::Relaxed);
             if raw == F::EMPTY {
                 continue;
             }
-            let child_base = base + i * format::level_size(level);
             let slot = live_view.get(i).ok_or(Error::Internal)?;
-            let Err(now) =
-                slot.compare_exchange(F::EMPTY, raw, Ordering::AcqRel, Ordering::Acquire)
-            else {
-                continue;
-            };
-            match (
-                format::decode::<F>(now, level),
-                format::decode::<F>(raw, level),
-            ) {
-                (Entry::Table(l), Entry::Table(o)) if level > 0 => {
-                    self.merge::<S>(l, o, level - 1, child_base)?;
-                }
-                // A fault filled the hole first (write-populate).
-                // SAFETY: our entry was never visible.
-                (Entry::Leaf { .. }, _) if S::FILL_HOLES => unsafe {
-                    self.release_entry(raw, level, child_base)?
+            match slot.compare_exchange(F::EMPTY, raw, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => e.store(F::EMPTY, Ordering::Relaxed),
+                Err(now) => match (
+                    format::decode::<F>(now, level),
+                    format::decode::<F>(raw, level),
+                ) {
+                    (Entry::Table(l), Entry::Table(o)) if level > 0 => {
+                        self.merge::<S>(l, o, level - 1)?
+                    }
+                    // A fault filled the hole first (write-populate): ours
+                    // stays behind for `finish`.
+                    (Entry::Leaf { .. }, _) if S::FILL_HOLES => {}
+                    _ => return Err(Error::Internal),
                 },
-                _ => return Err(Error::Internal),
             }
         }
-        // SAFETY: its entries now live in `live` (or were released); it was
-        // never linked.
-        unsafe { self.frames.free_table(ours) };
+        Ok(())
+    }
+
+    /// Step 3 of a map, with no lock held: frees what merged spines kept
+    /// (never visible to the hardware).
+    pub fn finish(&self, p: &Prepared<'_>) -> Result {
+        for spine in p.spines.iter().flatten().filter(|s| s.merged) {
+            // SAFETY: a merged spine's table was never linked; what it still
+            // holds was never moved into the live table.
+            unsafe { self.release_subtree(spine.table, spine.level - 1, spine.base)? };
+        }
         Ok(())
     }
 

@@ -173,19 +173,17 @@ impl<'a, F: Format> Walker<'a, F> {
         Frames::new(hooks, counters, frames_zeroed, F::EMPTY, None).alloc_table()
     }
 
-    /// Reserves `n` empty tables in `pool`; all or nothing.
+    /// Reserves `n` empty tables in `pool` (may run under the lock: only
+    /// `alloc_frame`). On failure the tables obtained so far stay in `pool`.
     pub fn reserve_tables(&self, n: usize, pool: &mut TablePool) -> Result {
         if n > pool.tables.len() - pool.held {
             return Err(Error::Internal);
         }
         for _ in 0..n {
-            match self.frames.alloc_table().and_then(|t| pool.put(t)) {
-                Ok(()) => {}
-                Err(e) => {
-                    self.release_pool(pool);
-                    return Err(e);
-                }
-            }
+            // On failure what was obtained stays in `pool`: the caller gives
+            // it back with `release_pool` once it holds no lock.
+            let t = self.frames.alloc_table()?;
+            pool.put(t)?;
         }
         Ok(())
     }
