@@ -173,6 +173,14 @@ impl Pool {
                 return;
             }
             o[i - self.lo] = 0;
+            // A pool that promises zeroed frames (FRAMES_ZEROED rows) must
+            // re-zero what comes back: the library may return frames with
+            // content, e.g. a table that lost a fault race (EPT tables are
+            // filled with suppress-#VE entries, not zeros). Checked (short)
+            // mode only — that is where every frame's zeroing is verified;
+            // timed runs keep free() at its bare cost.
+            // SAFETY: a frame of this pool, just given back to it.
+            unsafe { core::ptr::write_bytes(self.virt(hpa), 0, FRAME) };
         }
         // SAFETY: single-threaded use; capacity covers every frame.
         unsafe { (*self.free.get()).push(i as u32) };
