@@ -280,22 +280,26 @@ bool th_entry(th_pool_t *p, uint64_t gpa, int level, uint64_t *raw_out) {
   return false;
 }
 
-bool th_set_leaf_bits(th_pool_t *p, uint64_t gpa, uint64_t bits) {
-  if (!p->as) return false;
+/* The leaf entry mapping gpa on the walk from the root, or NULL. */
+static uint64_t *leaf_entry(th_pool_t *p, uint64_t gpa) {
+  if (!p->as) return NULL;
   uint64_t table = axalloc_as_root(p->as);
   for (int l = 3; l >= 0; l--) {
     uint64_t *t = th_virt(p, table);
-    if (!t) return false;
+    if (!t) return NULL;
     uint64_t *e = &t[(gpa >> (12 + 9 * l)) & 511];
     uint64_t raw = load(e);
-    if (!present(p, raw)) return false;
-    if (l == 0 || (raw & (1u << 7))) {
-      __atomic_fetch_or(e, bits, __ATOMIC_SEQ_CST);
-      return true;
-    }
+    if (!present(p, raw)) return NULL;
+    if (l == 0 || (raw & (1u << 7))) return e;
     table = raw & ADDR_MASK;
   }
-  return false;
+  return NULL;
+}
+
+bool th_set_leaf_bits(th_pool_t *p, uint64_t gpa, uint64_t bits) {
+  uint64_t *e = leaf_entry(p, gpa);
+  if (e) __atomic_fetch_or(e, bits, __ATOMIC_SEQ_CST);
+  return e != NULL;
 }
 
 th_fx_t th_fx_new(uint32_t format, uint32_t cfg_flags, uint64_t base, uint64_t size, size_t frames) {
@@ -343,21 +347,9 @@ axalloc_stats_t th_stats(const th_fx_t *f) {
 }
 
 bool th_clear_leaf_bits(th_pool_t *p, uint64_t gpa, uint64_t bits) {
-  if (!p->as) return false;
-  uint64_t table = axalloc_as_root(p->as);
-  for (int l = 3; l >= 0; l--) {
-    uint64_t *t = th_virt(p, table);
-    if (!t) return false;
-    uint64_t *e = &t[(gpa >> (12 + 9 * l)) & 511];
-    uint64_t raw = load(e);
-    if (!present(p, raw)) return false;
-    if (l == 0 || (raw & (1u << 7))) {
-      __atomic_fetch_and(e, ~bits, __ATOMIC_SEQ_CST);
-      return true;
-    }
-    table = raw & ADDR_MASK;
-  }
-  return false;
+  uint64_t *e = leaf_entry(p, gpa);
+  if (e) __atomic_fetch_and(e, ~bits, __ATOMIC_SEQ_CST);
+  return e != NULL;
 }
 
 /* ------------------------------------------------------------------------ */
