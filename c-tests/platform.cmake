@@ -504,3 +504,14 @@ if(_plat_cargo)
     WORKING_DIRECTORY "${PROJECT_SOURCE_DIR}")
   set_tests_properties(loom_lock_model PROPERTIES TIMEOUT 900)
 endif()
+
+# The lean fault path's instruction budget (issue 8): bench/callgrind/fault.c
+# against the shipped archive, counted by callgrind, checked against the
+# bounds in bench/callgrind/check.sh. Built without sanitizers (valgrind runs
+# it) and optimised like a user's build. Skipped (77) without valgrind.
+add_executable(callgrind_fault "${PROJECT_SOURCE_DIR}/bench/callgrind/fault.c")
+target_compile_options(callgrind_fault PRIVATE ${AXALLOC_WARNINGS} -O2)
+target_link_libraries(callgrind_fault PRIVATE axalloc::axalloc)
+add_test(NAME fault_ir_bound
+  COMMAND sh "${PROJECT_SOURCE_DIR}/bench/callgrind/check.sh" $<TARGET_FILE:callgrind_fault>)
+set_tests_properties(fault_ir_bound PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300)

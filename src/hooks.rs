@@ -81,7 +81,7 @@ impl Hooks {
     ///
     /// A frame that is not 4 KiB aligned or lies beyond 52 bits is handed
     /// straight back and counts as a failed allocation.
-    #[inline]
+    #[inline(always)]
     pub fn alloc_frame(&self) -> Result<Hpa> {
         let mut hpa = 0u64;
         // SAFETY: `from_c`'s contract makes the pointer a valid hook; `hpa` is

@@ -10,6 +10,8 @@
 
 use core::mem::size_of;
 use core::ptr::NonNull;
+use core::sync::atomic::AtomicPtr;
+use core::sync::atomic::Ordering::Relaxed;
 
 use crate::addr::{FRAME_SIZE, Gpa, Hpa};
 use crate::error::{Error, Result};
@@ -127,12 +129,20 @@ struct Chunk {
 pub struct RegionSet {
     len: usize,
     chunks: [Option<Chunk>; MAX_CHUNKS],
+    /// The slot of the region the last lookup through
+    /// [`RegionSet::find_hinted`] found, or null. Faults come in runs on one
+    /// region (the guest's RAM), so most lookups end here without a search.
+    /// Readers under the shared lock update it concurrently (any slot they
+    /// store is valid); every `&mut self` method that moves or frees regions
+    /// clears it, so it never points at a moved region or a freed chunk.
+    hint: AtomicPtr<Region>,
 }
 
 // SAFETY: the chunk pointers refer to frames owned by this set; all access goes
 // through `&self` / `&mut self`, which the address space's lock serialises.
 unsafe impl Send for RegionSet {}
-// SAFETY: as above; `&self` methods only read.
+// SAFETY: as above; `&self` methods only read regions (the lookup hint they
+// update is an atomic).
 unsafe impl Sync for RegionSet {}
 
 impl Default for RegionSet {
@@ -147,6 +157,7 @@ impl RegionSet {
         Self {
             len: 0,
             chunks: [None; MAX_CHUNKS],
+            hint: AtomicPtr::new(core::ptr::null_mut()),
         }
     }
 
@@ -204,21 +215,41 @@ impl RegionSet {
             .filter(|r| r.contains(gpa))
     }
 
-    /// The region containing `gpa`, trying the one at index `*hint` first
-    /// (faults come in runs on one region: the guest's RAM); `*hint` is
-    /// updated to where it was found. The hint is only a guess — any value
-    /// is safe.
+    /// The region containing `gpa`, in place: the one the last lookup found
+    /// if it contains `gpa` (two compares, no copy), else a binary search
+    /// that leaves the hint at the region found.
     #[inline]
-    pub fn find_hinted(&self, gpa: Gpa, hint: &core::sync::atomic::AtomicUsize) -> Option<Region> {
-        use core::sync::atomic::Ordering::Relaxed;
-        let h = hint.load(Relaxed);
-        if let Some(r) = self.get(h).filter(|r| r.contains(gpa)) {
-            return Some(r);
+    pub fn find_hinted(&self, gpa: Gpa) -> Option<&Region> {
+        let h = self.hint.load(Relaxed);
+        // SAFETY: a non-null hint is a slot below `len` in a chunk this set
+        // owns (stored below), and every `&mut self` method that moves a
+        // region or frees a chunk clears it first (`invalidate`). Slots are
+        // written only through `&mut self`, so none changes while `&self`
+        // is borrowed.
+        if let Some(r) = unsafe { h.as_ref() } {
+            if r.contains(gpa) {
+                return Some(r);
+            }
         }
         let i = self.first_ending_after(gpa);
-        let r = self.get(i).filter(|r| r.contains(gpa))?;
-        hint.store(i, Relaxed);
+        if i >= self.len {
+            return None;
+        }
+        let p = self.slot(i)?;
+        // SAFETY: slot `i < len` holds a region written by `set`, in an owned
+        // chunk frame, unchanged while `&self` is borrowed (as above).
+        let r = unsafe { p.as_ref() };
+        if !r.contains(gpa) {
+            return None;
+        }
+        self.hint.store(p.as_ptr(), Relaxed);
         Some(r)
+    }
+
+    /// Forgets the lookup hint: called by every method that moves regions
+    /// or gives chunks back.
+    fn invalidate(&mut self) {
+        *self.hint.get_mut() = core::ptr::null_mut();
     }
 
     /// True if any region overlaps `[start, end)`.
@@ -272,6 +303,7 @@ impl RegionSet {
     /// Inserts `r` keeping the order. The caller has checked that it overlaps
     /// nothing and reserved room for it.
     pub fn insert(&mut self, r: Region) -> Result {
+        self.invalidate();
         let pos = self.first_ending_after(r.start);
         self.slot(self.len).ok_or(Error::Internal)?;
         let mut i = self.len;
@@ -290,6 +322,7 @@ impl RegionSet {
     /// (the caller reserved one slot for that). Cannot fail after `reserve`
     /// except on a broken invariant.
     pub fn remove_range(&mut self, start: Gpa, end: Gpa, spare: &mut Spare) -> Result {
+        self.invalidate();
         let first = self.first_ending_after(start);
         let Some(r) = self.get(first) else {
             return Ok(());
@@ -336,6 +369,7 @@ impl RegionSet {
     /// regions) to `spare`, to be given back once the lock is released. What
     /// `spare` cannot take stays reserved for later.
     pub fn shrink(&mut self, spare: &mut Spare) {
+        self.invalidate();
         let keep = self.len.div_ceil(PER_CHUNK);
         for slot in self.chunks.iter_mut().skip(keep).rev() {
             if let Some(c) = slot {
@@ -349,6 +383,7 @@ impl RegionSet {
 
     /// Gives back every chunk frame; the set becomes empty.
     pub fn release(&mut self, hooks: &Hooks) {
+        self.invalidate();
         self.len = 0;
         for slot in &mut self.chunks {
             if let Some(c) = slot.take() {

@@ -16,10 +16,10 @@
 //! allocator for anything.
 
 use core::ptr::NonNull;
-use core::sync::atomic::AtomicUsize;
 
 use crate::addr::{FRAME_SIZE, Gpa, Hpa};
 use crate::backend::alloc::{self, Fill, Populate};
+use crate::backend::fast_fault::{Fast, FastFault, LeafCache};
 use crate::backend::linear::Linear;
 use crate::claims::{Claim, Claims, Purpose};
 use crate::error::{Error, Result};
@@ -36,6 +36,22 @@ use crate::table::{TablePool, Walker};
 
 /// Highest host-physical address + 1 a linear mapping may reach.
 const HPA_LIMIT: usize = 1 << 52;
+
+/// One leaf template per combination of region flags.
+const LEAF_TEMPLATES: usize = Flags::ALL.bits() as usize + 1;
+
+const _: () = assert!(LEAF_TEMPLATES.is_power_of_two());
+
+/// The owned 4 KiB leaf with address 0 for every flags value, in format `F`.
+fn leaf_templates<F: Format>() -> [u64; LEAF_TEMPLATES] {
+    let mut t = [0; LEAF_TEMPLATES];
+    for (bits, slot) in t.iter_mut().enumerate() {
+        if let Some(flags) = Flags::from_bits(bits as u32) {
+            *slot = format::leaf::<F>(Hpa::from_usize(0), flags.to_mapping(), 0, true);
+        }
+    }
+    t
+}
 
 /// How an address space is set up (validated by [`Config::validate`]).
 #[derive(Clone, Copy, Debug)]
@@ -115,8 +131,13 @@ pub struct AddrSpace {
     counters: Counters,
     /// Zeroed frames kept ready for faults (`axalloc_reserve`).
     reserve: Reserve,
-    /// Index of the region the last fault hit (a guess; see `find_hinted`).
-    fault_hint: AtomicUsize,
+    /// The leaf table the last fault walked to (see `LeafCache`: cleared
+    /// at the start of every exclusive section).
+    leaf_cache: LeafCache,
+    /// The owned 4 KiB leaf (address 0) for each combination of region
+    /// flags (`Flags::ALL + 1` of them), encoded once at creation: a fault
+    /// only ORs in its frame's address.
+    leaf_templates: [u64; LEAF_TEMPLATES],
     maps: RwLock<Maps>,
 }
 
@@ -211,7 +232,8 @@ impl AddrSpace {
             root_virt,
             counters,
             reserve: Reserve::new(),
-            fault_hint: AtomicUsize::new(0),
+            leaf_cache: LeafCache::new(),
+            leaf_templates: with_format!(config.format, F => leaf_templates::<F>()),
             maps: RwLock::new(Maps {
                 regions: RegionSet::new(),
                 claims: Claims::new(),
@@ -296,8 +318,13 @@ impl AddrSpace {
         self.maps.read_with(&HookRelax(&self.hooks))
     }
 
+    /// The exclusive lock. Every exclusive section begins by forgetting the
+    /// fault's cached leaf table: tables are unlinked only in such sections,
+    /// so the cache never outlives the table's reachability (`LeafCache`).
     fn lock_exclusive(&self) -> WriteGuard<'_, Maps> {
-        self.maps.write_with(&HookRelax(&self.hooks))
+        let guard = self.maps.write_with(&HookRelax(&self.hooks));
+        self.leaf_cache.clear();
+        guard
     }
 
     /// Host-physical address of the root table.
@@ -510,38 +537,93 @@ impl AddrSpace {
     /// Resolves a stage-2 fault at `gpa` for `access`.
     pub fn handle_fault(&self, gpa: u64, access: Access) -> Result {
         let gpa = Gpa::from_u64(gpa);
+        let page = Gpa::from_usize(gpa.as_usize() & !(FRAME_SIZE - 1));
         with_format!(self.config.format, F => {
-            let w = self.walker::<F>();
-            let mut leftover = alloc::Leftover::new();
-            let result = {
-                let mut m = self.lock_shared();
-                let region = m.regions.find_hinted(gpa, &self.fault_hint);
-                match region {
-                    // A range being mapped: the guest re-faults until commit.
-                    None if m.claims.mapping(gpa.as_usize()) => Ok(()),
-                    None => Err(Error::NotMapped),
-                    Some(r) if !access.allowed_by(r.flags) => Err(Error::Access),
-                    Some(r) => {
-                        let page = Gpa::from_usize(gpa.as_usize() & !(FRAME_SIZE - 1));
-                        let done = alloc::fault_in::<F>(
-                            &w,
-                            m.token(),
-                            page,
-                            &r,
-                            access.to_mapping(),
-                            &mut leftover,
-                        );
-                        if let Ok(alloc::Faulted::Installed) = done {
-                            m.count_event();
-                        }
-                        done.map(|_| ())
-                    }
+            let mut m = self.lock_shared();
+            // The common case first (`backend/fast_fault.rs`): the region the
+            // last fault hit, every table present, the entry empty.
+            let fast = match m.regions.find_hinted(gpa) {
+                Some(r) if r.backend == Backend::Alloc && access.allowed_by(r.flags) => {
+                    let template = self.leaf_template(r.flags);
+                    self.fast_fault().fault::<F>(m.token(), page, template)
                 }
+                _ => Fast::Slow,
             };
-            // Lost races give their never-visible frames back, unlocked.
-            leftover.free(&w);
-            result
+            match fast {
+                Fast::Installed => {
+                    m.count_event();
+                    Ok(())
+                }
+                Fast::Failed(e) => Err(e),
+                Fast::Lost(hpa) => {
+                    drop(m);
+                    // SAFETY: obtained by this fault and never installed;
+                    // the lock is released.
+                    unsafe { self.hooks.free_frame(hpa) };
+                    Ok(())
+                }
+                Fast::Slow => self.fault_slow::<F>(m, gpa, access),
+            }
         })
+    }
+
+    /// What the lean fault lends from this space.
+    #[inline(always)]
+    fn fast_fault(&self) -> FastFault<'_> {
+        FastFault {
+            hooks: &self.hooks,
+            reserve: &self.reserve,
+            root_virt: self.root_virt,
+            frames_zeroed: self.config.frames_zeroed,
+            cache: &self.leaf_cache,
+        }
+    }
+
+    /// Every other fault, under the shared lock `m` (released here): no
+    /// region, a range being mapped, a missing table, a present, parked or
+    /// huge entry, a linear region.
+    #[inline(never)]
+    fn fault_slow<F: Format>(
+        &self,
+        mut m: ReadGuard<'_, Maps>,
+        gpa: Gpa,
+        access: Access,
+    ) -> Result {
+        let w = self.walker::<F>();
+        let mut leftover = alloc::Leftover::new();
+        let result = match m.regions.find_hinted(gpa) {
+            // A range being mapped: the guest re-faults until commit.
+            None if m.claims.mapping(gpa.as_usize()) => Ok(()),
+            None => Err(Error::NotMapped),
+            Some(r) if !access.allowed_by(r.flags) => Err(Error::Access),
+            Some(r) => {
+                let page = Gpa::from_usize(gpa.as_usize() & !(FRAME_SIZE - 1));
+                let done = alloc::fault_in::<F>(
+                    &w,
+                    m.token(),
+                    page,
+                    r,
+                    self.leaf_template(r.flags),
+                    access.to_mapping(),
+                    &mut leftover,
+                );
+                if let Ok(alloc::Faulted::Installed) = done {
+                    m.count_event();
+                }
+                done.map(|_| ())
+            }
+        };
+        drop(m);
+        // Lost races give their never-visible frames back, unlocked.
+        leftover.free(&w);
+        result
+    }
+
+    /// The owned 4 KiB leaf template (address 0) of a region with `flags`.
+    #[inline]
+    fn leaf_template(&self, flags: Flags) -> u64 {
+        // In bounds: `LEAF_TEMPLATES` is a power of two (asserted below).
+        self.leaf_templates[flags.bits() as usize & (LEAF_TEMPLATES - 1)]
     }
 
     /// Host-physical address of `gpa` and the size of the page mapping it.

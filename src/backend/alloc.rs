@@ -135,29 +135,36 @@ impl Default for Leftover {
 }
 
 /// Resolves a fault at `gpa` (page-aligned) in `region`, an alloc region
-/// that allows `access`. Runs under the shared lock, concurrently with other
-/// faults, as a short pipeline (KVM's TDP MMU): look; obtain every table and
-/// the frame it may need — or fail having changed nothing; install with
+/// that allows `access`; `template` is the region's owned 4 KiB leaf with
+/// address 0. Runs under the shared lock, concurrently with other faults, as
+/// a short pipeline (KVM's TDP MMU): look; obtain every table and the frame
+/// it may need — or fail having changed nothing; install with
 /// compare-exchange. A present page is never replaced: if its own rights
 /// allow `access` the fault is spurious, else it is `Access` (the leaf, not
 /// the region, is what the hardware checked — answering OK would loop the
 /// guest forever). What a lost race leaves goes to `leftover`.
+///
+/// This is the general path; the common case — every table present, the
+/// 4 KiB entry empty — was tried first by `fast_fault.rs`.
 pub fn fault_in<F: Format>(
     walker: &Walker<'_, F>,
     _locked: Shared<'_>,
     gpa: Gpa,
     region: &Region,
+    template: u64,
     access: MappingFlags,
     leftover: &mut Leftover,
 ) -> Result<Faulted> {
+    if region.backend != Backend::Alloc {
+        // Linear regions are mapped whole at map time: a stale TLB.
+        return Ok(Faulted::Spurious);
+    }
     let slot = match walker.probe(gpa)? {
         Probe::Present(raw) if format::leaf_allows::<F>(raw, access) => {
             return Ok(Faulted::Spurious);
         }
         Probe::Present(_) => return Err(Error::Access),
         Probe::Frozen => return Ok(Faulted::Spurious),
-        // Linear regions are mapped whole at map time.
-        _ if region.backend != Backend::Alloc => return Ok(Faulted::Spurious),
         Probe::Slot(slot, seen) => Some((slot, seen)),
         Probe::Missing(n) => {
             walker.reserve_tables(n, &mut leftover.pool)?;
@@ -166,7 +173,7 @@ pub fn fault_in<F: Format>(
     };
     let frames = walker.frames();
     let hpa = frames.alloc_guest()?;
-    let leaf = format::leaf::<F>(hpa, region.flags.to_mapping(), 0, true);
+    let leaf = F::leaf_at(template, hpa);
     let installed = match slot {
         // The common case: the leaf table exists, one compare-exchange
         // (Release: the frame's zeroing before the entry).

@@ -59,6 +59,15 @@ pub trait Format: Sized + 'static {
     /// the `index`-th piece of the parent page, as a leaf at `level - 1`.
     fn child(raw: u64, level: usize, index: usize) -> u64;
 
+    /// The 4 KiB leaf `template` (an encoded leaf whose address field is
+    /// zero) pointing at the frame `hpa`: the fault's leaf, one operation.
+    /// The default goes through [`with_addr`]; formats whose address field
+    /// holds the address in place override it with a plain OR.
+    #[inline(always)]
+    fn leaf_at(template: u64, hpa: Hpa) -> u64 {
+        with_addr::<Self>(template, hpa)
+    }
+
     /// Wraps raw bits.
     fn from_raw(raw: u64) -> Self::Pte;
     /// A non-present entry that remembers `raw` (present or not, never 0).

@@ -156,6 +156,13 @@ impl Format for Npt {
     const EMPTY: u64 = 0;
     const HW_BITS: u64 = ACCESSED | DIRTY;
 
+    /// Bits 51:12 hold the frame address in place (SDM / APM tables cited
+    /// above); `hpa` is a 4 KiB-aligned frame below 2^52 (`Hooks` checks).
+    #[inline(always)]
+    fn leaf_at(template: u64, hpa: crate::addr::Hpa) -> u64 {
+        template | (hpa.as_u64() & ADDR_MASK)
+    }
+
     #[inline]
     fn from_raw(raw: u64) -> NptEntry {
         NptEntry(raw)

@@ -1,9 +1,14 @@
 //! Reading the table: the single-address walk behind `translate`, copies and
 //! the fault's probe (the iterator's point mode, [`iter::point`]).
 
-use crate::addr::Gpa;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::addr::{Gpa, Hpa};
 use crate::error::Result;
 use crate::format::{Entry, Format};
+use crate::hooks::Hooks;
+use crate::sync::Shared;
 
 use super::Walker;
 use super::iter::{self, Found};
@@ -29,4 +34,44 @@ impl<'a, F: Format> Walker<'a, F> {
             matches!(f.decode::<F>(), Entry::Leaf { .. }).then_some((f.raw, f.level))
         }))
     }
+}
+
+/// The fault's hot walk, from the root whose host view is `root_virt`: the
+/// host view of the 4 KiB leaf table (level 0) on the way to `gpa`, when
+/// every table above it is present; `None` as soon as an upper entry is
+/// anything else (empty, parked, a huge leaf) — the caller then takes the
+/// general [`Walker::probe`]. No decoding beyond [`Format::next_table`], no
+/// bookkeeping, one [`Hooks::virt`] (a direct-map addition with
+/// `AXALLOC_CFG_LINEAR_MAP`) per level below the root. `gpa` must lie in the
+/// format's address space (the root index is masked, so the walk stays
+/// inside the root regardless).
+///
+/// The table stays reachable from the root — and so alive — for as long as
+/// the lock `_locked` proves is held: tables are unlinked only under the
+/// exclusive lock, and freed only after that and a flush (see
+/// `Walker::view`).
+#[inline(always)]
+pub fn leaf_table<F: Format>(
+    _locked: Shared<'_>,
+    root_virt: NonNull<u8>,
+    hooks: &Hooks,
+    gpa: Gpa,
+) -> Option<NonNull<AtomicU64>> {
+    let gpa = gpa.as_usize();
+    let mut table = root_virt.cast::<AtomicU64>();
+    let mut level = Walker::<F>::TOP;
+    while level > 0 {
+        let index = (gpa >> (12 + 9 * level)) & (Walker::<F>::entries(level) - 1);
+        // SAFETY: `table` is the host view of a table frame reachable from
+        // the root (the root itself, or the target of a present table entry
+        // read with Acquire below), `entries(level)` entries long and 8-byte
+        // aligned (`Hooks::virt` checks); `index` is masked below that
+        // length. Reachable tables live while the lock is held (above).
+        // Access is atomic.
+        let raw = unsafe { table.add(index).as_ref() }.load(Ordering::Acquire);
+        let next = F::next_table(raw)?;
+        table = hooks.virt(Hpa::from_usize(next)).ok()?.cast::<AtomicU64>();
+        level -= 1;
+    }
+    Some(table)
 }

@@ -4,6 +4,7 @@
 //! and the address space's bookkeeping.
 
 mod core;
+mod fast_fault;
 mod model;
 pub(crate) mod pool;
 
