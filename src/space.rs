@@ -16,6 +16,7 @@
 //! allocator for anything.
 
 use core::ptr::NonNull;
+use core::sync::atomic::AtomicU64;
 
 use crate::addr::{FRAME_SIZE, Gpa, Hpa};
 use crate::backend::alloc::{self, Fill, Populate};
@@ -131,9 +132,6 @@ pub struct AddrSpace {
     counters: Counters,
     /// Zeroed frames kept ready for faults (`axalloc_reserve`).
     reserve: Reserve,
-    /// The leaf table the last fault walked to (see `LeafCache`: cleared
-    /// at the start of every exclusive section).
-    leaf_cache: LeafCache,
     /// The owned 4 KiB leaf (address 0) for each combination of region
     /// flags (`Flags::ALL + 1` of them), encoded once at creation: a fault
     /// only ORs in its frame's address.
@@ -232,7 +230,6 @@ impl AddrSpace {
             root_virt,
             counters,
             reserve: Reserve::new(),
-            leaf_cache: LeafCache::new(),
             leaf_templates: with_format!(config.format, F => leaf_templates::<F>()),
             maps: RwLock::new(Maps {
                 regions: RegionSet::new(),
@@ -318,13 +315,10 @@ impl AddrSpace {
         self.maps.read_with(&HookRelax(&self.hooks))
     }
 
-    /// The exclusive lock. Every exclusive section begins by forgetting the
-    /// fault's cached leaf table: tables are unlinked only in such sections,
-    /// so the cache never outlives the table's reachability (`LeafCache`).
+    /// The exclusive lock. Taking it resets the faults' cached leaf tables
+    /// (`LeafCache`): tables are unlinked only in exclusive sections.
     fn lock_exclusive(&self) -> WriteGuard<'_, Maps> {
-        let guard = self.maps.write_with(&HookRelax(&self.hooks));
-        self.leaf_cache.clear();
-        guard
+        self.maps.write_with(&HookRelax(&self.hooks))
     }
 
     /// Host-physical address of the root table.
@@ -545,7 +539,7 @@ impl AddrSpace {
             let fast = match m.regions.find_hinted(gpa) {
                 Some(r) if r.backend == Backend::Alloc && access.allowed_by(r.flags) => {
                     let template = self.leaf_template(r.flags);
-                    self.fast_fault().fault::<F>(m.token(), page, template)
+                    self.fast_fault(m.cache()).fault::<F>(m.token(), page, template)
                 }
                 _ => Fast::Slow,
             };
@@ -569,13 +563,13 @@ impl AddrSpace {
 
     /// What the lean fault lends from this space.
     #[inline(always)]
-    fn fast_fault(&self) -> FastFault<'_> {
+    fn fast_fault<'a>(&'a self, cache: &'a AtomicU64) -> FastFault<'a> {
         FastFault {
             hooks: &self.hooks,
             reserve: &self.reserve,
             root_virt: self.root_virt,
             frames_zeroed: self.config.frames_zeroed,
-            cache: &self.leaf_cache,
+            cache: LeafCache(cache),
         }
     }
 

@@ -61,6 +61,13 @@
 //! same cache line, no extra line touched). [`RwLock::events`] sums the
 //! shards with wrapping arithmetic: exact modulo 2^64.
 //!
+//! # The readers' cache word
+//!
+//! Each shard's line also holds one word readers may use as a cache that
+//! must not survive a write section (the fault path keeps its last leaf
+//! table there): a writer resets every shard's word once the readers it
+//! waited for have left. Neither side's decisions depend on it.
+//!
 //! # The lock this replaces
 //!
 //! It was writer-preferring (a writer looping starved readers) and a Dekker
@@ -116,12 +123,20 @@ struct Shard {
     rin: AtomicU64,
     rout: AtomicU64,
     events: AtomicU64,
+    /// The readers' cache word (see [`ReadGuard::cache`]); outside the lock
+    /// protocol, so a plain core atomic even under loom.
+    cache: core::sync::atomic::AtomicU64,
 }
 
 impl Shard {
     const_unless_loom! {
         fn new() -> Self {
-            Shard { rin: AtomicU64::new(0), rout: AtomicU64::new(0), events: AtomicU64::new(0) }
+            Shard {
+                rin: AtomicU64::new(0),
+                rout: AtomicU64::new(0),
+                events: AtomicU64::new(0),
+                cache: core::sync::atomic::AtomicU64::new(0),
+            }
         }
     }
 }
@@ -261,6 +276,8 @@ impl<T> RwLock<T> {
             while s.rout.load(Acquire) != *seen {
                 relax.relax();
             }
+            // No reader is in: reset the cache word (see ReadGuard::cache).
+            s.cache.store(0, Relaxed);
         }
         WriteGuard { lock: self }
     }
@@ -328,6 +345,16 @@ impl<T> ReadGuard<'_, T> {
     #[inline]
     pub fn token(&self) -> Shared<'_> {
         Shared(PhantomData)
+    }
+
+    /// A word on this reader's shard line for a cache that must not outlive
+    /// a write section: every writer resets all of them to 0 once no reader
+    /// is in, before its section begins. Readers of one shard share it (use
+    /// atomically, e.g. one packed value per store). Touches no other line:
+    /// the shard's line is the one the reader just locked through.
+    #[inline]
+    pub fn cache(&self) -> &core::sync::atomic::AtomicU64 {
+        &self.shard.cache
     }
 }
 

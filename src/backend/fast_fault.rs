@@ -45,8 +45,8 @@ pub struct FastFault<'a> {
     pub root_virt: NonNull<u8>,
     /// The host promised zeroed frames.
     pub frames_zeroed: bool,
-    /// The leaf table the last walk found.
-    pub cache: &'a LeafCache,
+    /// The leaf table the last walk through the caller's lock shard found.
+    pub cache: LeafCache<'a>,
 }
 
 /// What the lean fault did.
@@ -103,7 +103,11 @@ impl FastFault<'_> {
 }
 
 /// The leaf table the last fault walked to, so the next fault in the same
-/// 2 MiB skips the walk (a one-entry software TLB over the table).
+/// 2 MiB skips the walk (a one-entry software TLB over the table). It lives
+/// in the lock's per-shard cache word ([`ReadGuard::cache`]): vCPUs on
+/// different CPUs mostly lock through different shards, so two vCPUs
+/// faulting in different places neither evict each other's entry nor touch
+/// a line the lock did not already bring in.
 ///
 /// One word, so concurrent faults never see a torn pair: the 2 MiB tag
 /// (`gpa >> 21`, plus one so 0 means empty) in bits 63:36, the table's host
@@ -112,33 +116,25 @@ impl FastFault<'_> {
 /// at or above 2^48 - 2 MiB is simply not cached.
 ///
 /// Validity: written only under the shared lock, with a table just reached
-/// from the root; **every exclusive section begins by clearing it**
-/// (`AddrSpace::lock_exclusive`), and tables are unlinked only in exclusive
-/// sections. So a cached table is reachable from the root whenever a
-/// shared-lock holder reads it.
-pub struct LeafCache(AtomicU64);
+/// from the root; **every writer resets the word before its exclusive
+/// section begins** (the lock's contract), and tables are unlinked only in
+/// exclusive sections. So a cached table is reachable from the root whenever
+/// a shared-lock holder reads it.
+///
+/// [`ReadGuard::cache`]: crate::sync::ReadGuard::cache
+#[derive(Clone, Copy)]
+pub struct LeafCache<'a>(pub &'a AtomicU64);
 
 const VPN_BITS: u32 = 36;
 const VPN_MASK: u64 = (1 << VPN_BITS) - 1;
 
-impl Default for LeafCache {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl LeafCache {
-    /// Empty.
-    pub const fn new() -> Self {
-        Self(AtomicU64::new(0))
-    }
-
+impl LeafCache<'_> {
     #[inline(always)]
     fn tag(gpa: Gpa) -> u64 {
         (gpa.as_u64() >> 21) + 1
     }
 
-    /// The cached leaf table for `gpa`, if it is the last one walked to.
+    /// The leaf table for `gpa`, if it is the one cached.
     #[inline(always)]
     pub fn get(&self, gpa: Gpa) -> Option<NonNull<AtomicU64>> {
         let w = self.0.load(Ordering::Relaxed);
@@ -151,7 +147,7 @@ impl LeafCache {
         NonNull::new(core::ptr::with_exposed_provenance_mut::<AtomicU64>(va))
     }
 
-    /// Remembers `table` as the leaf table for `gpa` (shared lock held).
+    /// Caches `table` as the leaf table for `gpa` (shared lock held).
     #[inline(always)]
     pub fn put(&self, _locked: Shared<'_>, gpa: Gpa, table: NonNull<AtomicU64>) {
         let va = table.as_ptr().expose_provenance() as u64;
@@ -161,11 +157,5 @@ impl LeafCache {
         if back == va && tag >> (64 - VPN_BITS) == 0 {
             self.0.store(w, Ordering::Relaxed);
         }
-    }
-
-    /// Forgets the table (exclusive lock held: see the type's docs).
-    #[inline]
-    pub fn clear(&self) {
-        self.0.store(0, Ordering::Relaxed);
     }
 }
