@@ -6,7 +6,8 @@
 #     no demo, no benchmark) and it registers no test;
 #   - C is the only language enabled (no C++ compiler needed);
 #   - its outputs (cargo dir, archive) are under its own binary dir
-#     <parent build>/axalloc, never in the parent's build root.
+#     <parent build>/axalloc, never in the parent's build root;
+#   - the parent's `cmake --install` installs none of it.
 #
 # Inputs: AXALLOC_SOURCE_DIR WORK CC GENERATOR CARGO RUSTC RUST_TARGET
 #         CARGO_DIR (the main build's cargo target dir, shared so that the
@@ -72,4 +73,13 @@ foreach(out IN ITEMS cargo axalloc-ship axalloc-install axalloc-demo c-tests)
     message(FATAL_ERROR "libaxalloc wrote ${build}/${out} into the parent's build root")
   endif()
 endforeach()
-message(STATUS "add_subdirectory: library only, C only, outputs under ${sub}")
+# Nor does it add to the parent's install: a VMM that links the archive
+# into its binary does not ship libaxalloc.a and axalloc.h (AXALLOC_INSTALL
+# defaults to OFF below the top level).
+file(REMOVE_RECURSE "${WORK}/install")
+run("${CMAKE_COMMAND}" --install "${build}" --prefix "${WORK}/install")
+file(GLOB_RECURSE installed LIST_DIRECTORIES false "${WORK}/install/*")
+if(installed)
+  message(FATAL_ERROR "the parent's install installs libaxalloc files:\n${installed}")
+endif()
+message(STATUS "add_subdirectory: library only, C only, outputs under ${sub}, nothing installed")
