@@ -33,7 +33,7 @@ use crate::stats::{Counters, Stats};
 use crate::sync::{Exclusive, ReadGuard, Relax, RwLock, WriteGuard};
 use crate::table::map::{LeafSource, Prepared};
 use crate::table::unmap::DetachCtx;
-use crate::table::{TablePool, Walker};
+use crate::table::{TablePool, Walker, read};
 
 /// Highest host-physical address + 1 a linear mapping may reach.
 const HPA_LIMIT: usize = 1 << 52;
@@ -622,8 +622,8 @@ impl AddrSpace {
 
     /// Host-physical address of `gpa` and the size of the page mapping it.
     pub fn translate(&self, gpa: u64) -> Result<(Hpa, usize)> {
-        let _m = self.lock_shared();
-        with_format!(self.config.format, F => self.translate_locked::<F>(Gpa::from_u64(gpa)))?
+        let m = self.lock_shared();
+        with_format!(self.config.format, F => self.translate_fast::<F>(&m, Gpa::from_u64(gpa)))
             .ok_or(Error::NotMapped)
     }
 
@@ -636,14 +636,23 @@ impl AddrSpace {
         gpa: impl Fn(usize) -> u64,
         mut out: impl FnMut(usize, Option<(Hpa, usize)>),
     ) -> Result {
-        let _m = self.lock_shared();
+        let m = self.lock_shared();
         with_format!(self.config.format, F => {
-            let w = self.walker::<F>();
             for i in 0..n {
-                out(i, Self::translate_with::<F>(&w, Gpa::from_u64(gpa(i)))?);
+                out(i, self.translate_fast::<F>(&m, Gpa::from_u64(gpa(i))));
             }
             Ok(())
         })
+    }
+
+    /// The present leaf's host-physical address for `gpa` (offset included)
+    /// and its size, through the lean walk (`table::read::present_leaf`).
+    #[inline(always)]
+    fn translate_fast<F: Format>(&self, m: &ReadGuard<'_, Maps>, gpa: Gpa) -> Option<(Hpa, usize)> {
+        let (raw, level) = read::present_leaf::<F>(m.token(), self.root_virt, &self.hooks, gpa)?;
+        let size = level_size(level);
+        let base = F::addr(raw, level);
+        Some((Hpa::from_usize(base + (gpa.as_usize() & (size - 1))), size))
     }
 
     fn translate_locked<F: Format>(&self, gpa: Gpa) -> Result<Option<(Hpa, usize)>> {

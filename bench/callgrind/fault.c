@@ -8,6 +8,11 @@
  *            linres   LINEAR_MAP + reserve
  *     append "-tables" (e.g. plain-tables) to skip the pre-fault: the counted
  *     faults then also allocate and link the 8 leaf tables (and the upper ones).
+ *            translate       LINEAR_MAP; after the faults, axalloc_translate of
+ *                            every page, 4 rounds in a scattered order (count
+ *                            with --toggle-collect=axalloc_translate)
+ *            translate_many  the same lookups through axalloc_translate_many,
+ *                            64 per call (--toggle-collect=axalloc_translate_many)
  *
  * Maps 4096 lazy pages (16 MiB at 1 GiB) in an EPT space, pre-populates one
  * page per 2 MiB with axalloc_write (so every leaf table exists and is not
@@ -57,7 +62,9 @@ static void die(const char *what, int rc) {
 
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "plain";
-    int linear = strncmp(mode, "lin", 3) == 0;
+    int lookups = strncmp(mode, "translate", 9) == 0;
+    int batched = strcmp(mode, "translate_many") == 0;
+    int linear = strncmp(mode, "lin", 3) == 0 || lookups;
     int reserve = strstr(mode, "res") != NULL;
     int tables = strstr(mode, "-tables") != NULL;
     mem = aligned_alloc(FRAME, (size_t)POOL * FRAME);
@@ -101,6 +108,36 @@ int main(int argc, char **argv) {
         rc = axalloc_handle_fault(as, GPA + (uint64_t)i * FRAME, AXALLOC_WRITE);
         if (rc) die("fault", rc);
         faults++;
+    }
+    if (lookups) {
+        /* 4 rounds over every page, in a scattered order (stride 1031, odd, so
+         * every page is visited once per round). */
+        uint64_t gpas[64], hpas[64], sum = 0;
+        uint32_t done = 0, k = 0;
+        for (uint32_t r = 0; r < 4; r++) {
+            for (uint32_t i = 0; i < PAGES; i++) {
+                gpas[k++] = GPA + (uint64_t)((i * 1031u) % PAGES) * FRAME + 8;
+                if (k == 64) {
+                    if (batched) {
+                        rc = axalloc_translate_many(as, gpas, hpas, NULL, 64);
+                        if (rc) die("translate_many", rc);
+                    } else {
+                        for (uint32_t j = 0; j < 64; j++) {
+                            rc = axalloc_translate(as, gpas[j], &hpas[j], NULL);
+                            if (rc) die("translate", rc);
+                        }
+                    }
+                    for (uint32_t j = 0; j < 64; j++) sum += hpas[j];
+                    done += 64;
+                    k = 0;
+                }
+            }
+        }
+        fprintf(stderr, "mode %s: %u lookups (checksum %llx)\n", mode, done, (unsigned long long)sum);
+        printf("%u\n", done);
+        axalloc_as_destroy(as);
+        free(mem);
+        return 0;
     }
     axalloc_stats_t st;
     axalloc_as_stats(as, &st);

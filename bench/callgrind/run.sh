@@ -12,10 +12,11 @@ out="${OUT:-$here/../target/callgrind}"
 mkdir -p "$out"
 command -v valgrind >/dev/null || { echo "callgrind/run.sh: valgrind not installed"; exit 1; }
 cc -O2 -std=c11 -I"$repo/include" "$here/fault.c" "$lib/libaxalloc.a" -lpthread -o "$out/fault"
-printf '| mode | faults counted | Ir total | Ir / fault |\n|---|---:|---:|---:|\n'
-for m in ${MODES:-plain linear reserve linres plain-tables linear-tables}; do
+printf '| mode | calls (faults / lookups) counted | Ir total | Ir / fault or lookup |\n|---|---:|---:|---:|\n'
+for m in ${MODES:-plain linear reserve linres plain-tables linear-tables translate translate_many}; do
   f="$out/cg.$m.out"
-  n=$(valgrind --tool=callgrind --toggle-collect=axalloc_handle_fault --callgrind-out-file="$f" \
+  case "$m" in translate*) fn="axalloc_$m" ;; *) fn=axalloc_handle_fault ;; esac
+  n=$(valgrind --tool=callgrind --toggle-collect="$fn" --callgrind-out-file="$f" \
         "$out/fault" "$m" 2>"$out/cg.$m.log")
   ir=$(grep -E '^summary:|^totals:' "$f" | head -1 | awk '{print $2}')
   printf '| %s | %s | %s | %s |\n' "$m" "$n" "$ir" "$(awk -v a="$ir" -v b="$n" 'BEGIN{printf "%.1f", a/b}')"

@@ -4,6 +4,8 @@
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use page_table_multiarch::GenericPTE;
+
 use crate::addr::{Gpa, Hpa};
 use crate::error::Result;
 use crate::format::{Entry, Format};
@@ -74,4 +76,40 @@ pub fn leaf_table<F: Format>(
         level -= 1;
     }
     Some(table)
+}
+
+/// The read path's hot walk (`translate`, `translate_many`): the present
+/// leaf mapping `gpa` — its raw bits and level — or `None` (nothing present:
+/// an empty or parked entry on the way, or `gpa` outside the format's
+/// address space). Like [`leaf_table`]: the per-format table test on the way
+/// down, one [`Hooks::virt`] per level below the root, and one presence test
+/// at the end; no walker object. An error from `phys_to_virt` reads as
+/// `None` here and is reported by the general walk, which callers may run
+/// when they need to tell the two apart.
+#[inline(always)]
+pub fn present_leaf<F: Format>(
+    _locked: Shared<'_>,
+    root_virt: NonNull<u8>,
+    hooks: &Hooks,
+    gpa: Gpa,
+) -> Option<(u64, usize)> {
+    let gpa = gpa.as_usize();
+    if gpa >> F::GPA_BITS != 0 {
+        return None;
+    }
+    let mut table = root_virt.cast::<AtomicU64>();
+    let mut level = Walker::<F>::TOP;
+    loop {
+        let index = (gpa >> (12 + 9 * level)) & (Walker::<F>::entries(level) - 1);
+        // SAFETY: as in `leaf_table`: a reachable table's host view, the
+        // index masked below its length, alive while the lock is held.
+        let raw = unsafe { table.add(index).as_ref() }.load(Ordering::Acquire);
+        match F::next_table(raw) {
+            Some(next) if level > 0 => {
+                table = hooks.virt(Hpa::from_usize(next)).ok()?.cast::<AtomicU64>();
+                level -= 1;
+            }
+            _ => return F::from_raw(raw).is_present().then_some((raw, level)),
+        }
+    }
 }
