@@ -246,9 +246,11 @@ impl RegionSet {
     /// failure the caller gives the unneeded chunks back with
     /// [`RegionSet::shrink`].
     pub fn reserve(&mut self, hooks: &Hooks, extra: usize) -> Result {
-        let need = self.len.checked_add(extra).ok_or(Error::NoMemory)?;
+        // The directory is full: a limit of the library, not a shortage of
+        // frames (the host may have plenty).
+        let need = self.len.checked_add(extra).ok_or(Error::Limit)?;
         if need > MAX_REGIONS {
-            return Err(Error::NoMemory);
+            return Err(Error::Limit);
         }
         let chunks_needed = need.div_ceil(PER_CHUNK);
         let have = self.chunks.iter().take_while(|c| c.is_some()).count();
