@@ -420,12 +420,7 @@ static void tap_flush(void *ctx, uint64_t gpa, uint64_t size) {
   t->inner.flush_tlb(t->inner.ctx, gpa, size);
 }
 
-th_fx_t th_fx_new_tapped(th_tap_t *tap, uint32_t format, uint32_t cfg_flags, uint64_t base, uint64_t size,
-                         size_t frames) {
-  th_fx_t f = {0};
-  f.format = format;
-  f.pool = th_pool_new(frames, 0x40000000ull, (cfg_flags & AXALLOC_CFG_FRAMES_ZEROED) != 0);
-  tap->inner = th_hooks(f.pool);
+axalloc_hooks_t th_tap_hooks(th_tap_t *tap) {
   axalloc_hooks_t h = {0};
   h.struct_size = sizeof h;
   h.ctx = tap;
@@ -434,6 +429,16 @@ th_fx_t th_fx_new_tapped(th_tap_t *tap, uint32_t format, uint32_t cfg_flags, uin
   h.phys_to_virt = tap_p2v;
   h.flush_tlb = tap_flush;
   h.relax = hook_relax;
+  return h;
+}
+
+th_fx_t th_fx_new_tapped(th_tap_t *tap, uint32_t format, uint32_t cfg_flags, uint64_t base, uint64_t size,
+                         size_t frames) {
+  th_fx_t f = {0};
+  f.format = format;
+  f.pool = th_pool_new(frames, 0x40000000ull, (cfg_flags & AXALLOC_CFG_FRAMES_ZEROED) != 0);
+  tap->inner = th_hooks(f.pool);
+  axalloc_hooks_t h = th_tap_hooks(tap);
   axalloc_config_t cfg = {
       .struct_size = sizeof cfg, .format = format, .flags = cfg_flags, .base = base, .size = size};
   axalloc_status_t st = axalloc_as_create(&cfg, &h, &f.as);

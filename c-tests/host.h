@@ -169,5 +169,8 @@ axalloc_stats_t th_stats(const th_fx_t *f);
 /* As th_fx_new, but the address space's hooks go through `tap` (its
  * callbacks first, then the pool's hooks). `tap` must stay valid until
  * th_fx_done returns; its callbacks are also called by the destroy. */
+/* Hooks that go through `tap` (its callbacks, then tap->inner, which the
+ * caller sets, e.g. to th_hooks(pool)). */
+axalloc_hooks_t th_tap_hooks(th_tap_t *tap);
 th_fx_t th_fx_new_tapped(th_tap_t *tap, uint32_t format, uint32_t cfg_flags, uint64_t base, uint64_t size,
                          size_t frames);

@@ -54,11 +54,17 @@ pub const AXALLOC_ERR_UNSUPPORTED: axalloc_status_t = -6;
 /// An internal invariant broke (a bug in the library); destroy the address
 /// space. Never the answer to bad input.
 pub const AXALLOC_ERR_INTERNAL: axalloc_status_t = -7;
-/// A hook broke its contract: `phys_to_virt` returned NULL or a pointer that
-/// is not page-aligned, `alloc_frame` returned a frame that is not 4 KiB
-/// aligned or lies at or beyond 2^52 (such a frame is handed back through
-/// `free_frame` at once). Nothing changed: what the call obtained has been
-/// given back and the address space works as before.
+/// A hook broke its contract: `alloc_frame` returned a frame that is not
+/// 4 KiB aligned or lies at or beyond 2^52 (it is handed back through
+/// `free_frame` at once), or `phys_to_virt` returned NULL or a pointer that
+/// is not page-aligned for a frame the library was taking (a new table or
+/// guest frame; it is handed back) or a linear range it was copying
+/// through. Nothing changed (except as the function's list says for copies):
+/// the address space works as before, and the call may be retried once the
+/// host is fixed. `phys_to_virt` must also keep its answer for a frame while
+/// the library holds it; if it starts failing for a table already in use,
+/// the call still says ERR_HOOK, but a map or unmap may be left half done:
+/// treat that like `AXALLOC_ERR_INTERNAL`.
 pub const AXALLOC_ERR_HOOK: axalloc_status_t = -8;
 /// A documented limit of the library was reached: an address space holds
 /// at most 6,528 regions. Not a shortage of frames; nothing changed.
@@ -292,8 +298,8 @@ pub struct axalloc_hooks {
     /// from `alloc_frame`, and the host-physical ranges of linear regions
     /// that `axalloc_read`/`axalloc_write` copy through; always called with a
     /// page's first byte). Never NULL, always page-aligned — else the call
-    /// fails with `AXALLOC_ERR_HOOK` and changes nothing; the same address
-    /// for a frame for as long as the library holds it.
+    /// fails with `AXALLOC_ERR_HOOK` (see there); the same address for a
+    /// frame for as long as the library holds it.
     pub phys_to_virt: Option<unsafe extern "C" fn(ctx: *mut c_void, hpa: u64) -> *mut c_void>,
     /// Optional. Never called with the lock held: it may IPI other CPUs and
     /// wait for them, including vCPUs that are spinning in `handle_fault`.
@@ -980,7 +986,8 @@ pub unsafe extern "C" fn axalloc_read(
 /// - `AXALLOC_ERR_NO_MEMORY`: populating a lazy page failed; the address
 ///   space is as before and nothing was copied.
 /// - `AXALLOC_ERR_HOOK`: a hook broke its contract while populating (as
-///   NO_MEMORY) or copying (the range may then be partly written).
+///   NO_MEMORY: nothing changed) or while copying (the lazy pages are
+///   populated by then, and the range may be partly written).
 /// - `AXALLOC_ERR_INTERNAL`: a broken invariant (a bug).
 ///
 /// Thread-safe and concurrent: runs under the shared lock, also while it
