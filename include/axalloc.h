@@ -9,7 +9,8 @@
  *  - Locks: one reader-writer spin lock per address space, phase-fair (a
  *    stream of readers cannot starve a writer, nor writers readers). Waiters
  *    spin, calling the optional relax hook. Shared side: handle_fault,
- *    translate, read, write, as_stats. Exclusive side, only for short,
+ *    translate, translate_many, query, region_next, read, write, as_stats.
+ *    Exclusive side, only for short,
  *    bounded steps: adding/removing regions, a map's commit, an unmap's edge
  *    splits and detach (which yields to waiters every few dozen entries).
  *    Populate allocates and zeroes with no lock held; an unmap flushes and
