@@ -333,8 +333,9 @@ static uint64_t bad_frame(th_tap_t *t, uint64_t hpa) {
   return hf->mode == 2 ? hpa + 0x800 : hpa | (1ull << 52);
 }
 
-enum op { OP_FAULT, OP_POPULATE, OP_LAZY_MAP, OP_LINEAR, OP_WRITE, OP_TRANSLATE, OP_QUERY, OP_UNMAP, OP_COUNT };
-static const char *op_name[] = {"fault", "populate", "lazy map", "map_linear", "write", "translate", "query", "unmap"};
+enum op { OP_FAULT, OP_POPULATE, OP_LAZY_MAP, OP_LINEAR, OP_WRITE, OP_TRANSLATE, OP_QUERY, OP_UNMAP, OP_RESERVE, OP_COUNT };
+static const char *op_name[] = {"fault",     "populate", "lazy map", "map_linear", "write",
+                                "translate", "query",    "unmap",    "reserve"};
 
 static axalloc_status_t run_op(th_fx_t *f, enum op op, int round) {
   const uint64_t base = (uint64_t)round * 8 * MIB; /* a fresh part of the window per round */
@@ -350,6 +351,7 @@ static axalloc_status_t run_op(th_fx_t *f, enum op op, int round) {
     case OP_TRANSLATE: return axalloc_translate(f->as, 64 * GIB + base + 3 * PAGE, &hpa, NULL);
     case OP_QUERY: return axalloc_query(f->as, 64 * GIB + base + 3 * PAGE, &m);
     case OP_UNMAP: return axalloc_unmap(f->as, 320 * GIB + base + PAGE, PAGE);
+    case OP_RESERVE: return axalloc_reserve(f->as, 4);
     default: return AXALLOC_ERR_INTERNAL;
   }
 }
@@ -362,6 +364,7 @@ static void setup_op(th_fx_t *f, enum op op, int round) {
     if (op == OP_TRANSLATE || op == OP_QUERY)
       CHECK_STATUS(axalloc_handle_fault(f->as, 64 * GIB + base + 3 * PAGE, AXALLOC_READ), AXALLOC_OK);
   }
+  if (op == OP_RESERVE) CHECK_STATUS(axalloc_reserve(f->as, 0), AXALLOC_OK);
   if (op == OP_UNMAP) {
     /* a 2 MiB + 4 KiB linear region: unmapping one page in it splits a leaf */
     CHECK_STATUS(axalloc_map_linear(f->as, 320 * GIB + base, 8 * GIB, 2 * MIB + PAGE, RW), AXALLOC_OK);
@@ -401,6 +404,13 @@ static void hook_errors_leave_the_space_as_before(int mode) {
         /* nothing changed (a write that met the bad pointer while copying
          * has already populated: its frames stay, documented) */
         snap_t s1 = snap_of(&f);
+        if (op == OP_RESERVE) {
+          /* documented: the frames reserved before the failure are kept */
+          CHECK(s1.s.reserve_frames < 4);
+          CHECK_EQ_U64(s1.in_use - s0.in_use, s1.s.reserve_frames);
+          s1.s.reserve_frames = s0.s.reserve_frames;
+          s1.in_use = s0.in_use;
+        }
         if (op == OP_WRITE) {
           s1.s.guest_frames = s0.s.guest_frames;
           s1.s.table_frames = s0.s.table_frames;
