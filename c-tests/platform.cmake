@@ -176,6 +176,10 @@ _Static_assert(sizeof(axalloc_mapping_t) == 48, "axalloc_mapping_t layout");
 #if AXALLOC_VERSION != AXALLOC_MAKE_VERSION(@CARGO_VERSION_MAJOR@, @CARGO_VERSION_MINOR@, @CARGO_VERSION_PATCH@)
 #error "AXALLOC_VERSION is not (major << 16) | (minor << 8) | patch"
 #endif
+/* CMakeLists.txt's project(VERSION) (what CMake packages say) too */
+#if AXALLOC_VERSION != AXALLOC_MAKE_VERSION(@PROJECT_VERSION_MAJOR@, @PROJECT_VERSION_MINOR@, @PROJECT_VERSION_PATCH@)
+#error "project(axalloc VERSION @PROJECT_VERSION@) in CMakeLists.txt differs from Cargo.toml"
+#endif
 
 static int check(int ok, int code) { return ok ? 0 : code; }
 
