@@ -10,9 +10,9 @@
  *    stream of readers cannot starve a writer, nor writers readers). Waiters
  *    spin, calling the optional relax hook. Shared side: handle_fault,
  *    translate, translate_many, query, region_next, read, write, as_stats.
- *    Exclusive side, only for short,
- *    bounded steps: adding/removing regions, a map's commit, an unmap's edge
- *    splits and detach (which yields to waiters every few dozen entries).
+ *    Exclusive side, only for short, bounded steps: adding/removing
+ *    regions, a map's commit, an unmap's edge splits and detach (which
+ *    yields to waiters every few dozen entries).
  *    Populate allocates and zeroes with no lock held; an unmap flushes and
  *    frees with no lock held. Maps/unmaps never wait for each other either:
  *    one that overlaps another in flight returns AXALLOC_ERR_BUSY at once.
@@ -22,15 +22,16 @@
  *    space. flush_tlb, free_frame and free_contig run with NO lock held, so
  *    a flush may IPI other CPUs and wait for them even when those CPUs are
  *    vCPUs spinning in handle_fault with interrupts off. (One exception:
- *    an axalloc_write that fails with NO_MEMORY while populating gives its
- *    never-visible frames back with the shared lock held.)
+ *    an axalloc_write that fails with NO_MEMORY or HOOK while populating
+ *    gives its never-visible frames back with the shared lock held.)
  *  - Errors: a failing call changes nothing - no frame is held that was not
  *    held before, out-parameters are untouched - except where a function's
  *    status list says otherwise (axalloc_reserve keeps what it reserved; a
  *    copy or batch translate stopped by AXALLOC_ERR_HOOK may have written
  *    part of its output) and AXALLOC_ERR_INTERNAL, after which the address
  *    space should be destroyed. AXALLOC_ERR_HOOK names the host as the
- *    culprit (a hook broke its contract); the address space stays usable.
+ *    culprit (a hook broke its contract); the address space stays usable
+ *    (see AXALLOC_ERR_HOOK for the one exception).
  *  - Memory: the library has no allocator. Every frame it uses (tables, guest
  *    RAM, its own state) comes from the hooks and goes back through them,
  *    exactly once, never while hardware may still reach it.
@@ -305,15 +306,16 @@ struct axalloc_hooks {
    * its host-physical address to `*hpa_out` and returns 0, or returns
    * non-zero when none is available (the call then fails with
    * `AXALLOC_ERR_NO_MEMORY`). Contents may be anything, unless the config
-   * says `AXALLOC_CFG_FRAMES_ZEROED`. A misaligned frame, or one at or
+   * says `AXALLOC_CFG_FRAMES_ZEROED` (table frames are initialised by the
+   * library either way). A misaligned frame, or one at or
    * beyond 2^52, is handed back through `free_frame` at once and the call
    * fails with `AXALLOC_ERR_HOOK`.
    */
   int32_t (*alloc_frame)(void *ctx, uint64_t *hpa_out);
   /**
    * Required. Never called with the lock held (it may wait), except when
-   * an `axalloc_write` fails with `NO_MEMORY` while populating (the
-   * shared lock). Takes back a frame `alloc_frame` gave. Called exactly once
+   * an `axalloc_write` fails with `NO_MEMORY` or `HOOK` while populating
+   * (the shared lock). Takes back a frame `alloc_frame` gave. Called exactly once
    * per frame, and for a frame that hardware could reach only after the
    * `flush_tlb` call that covered its removal has returned.
    */

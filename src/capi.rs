@@ -284,13 +284,14 @@ pub struct axalloc_hooks {
     /// its host-physical address to `*hpa_out` and returns 0, or returns
     /// non-zero when none is available (the call then fails with
     /// `AXALLOC_ERR_NO_MEMORY`). Contents may be anything, unless the config
-    /// says `AXALLOC_CFG_FRAMES_ZEROED`. A misaligned frame, or one at or
+    /// says `AXALLOC_CFG_FRAMES_ZEROED` (table frames are initialised by the
+    /// library either way). A misaligned frame, or one at or
     /// beyond 2^52, is handed back through `free_frame` at once and the call
     /// fails with `AXALLOC_ERR_HOOK`.
     pub alloc_frame: Option<unsafe extern "C" fn(ctx: *mut c_void, hpa_out: *mut u64) -> i32>,
     /// Required. Never called with the lock held (it may wait), except when
-    /// an `axalloc_write` fails with `NO_MEMORY` while populating (the
-    /// shared lock). Takes back a frame `alloc_frame` gave. Called exactly once
+    /// an `axalloc_write` fails with `NO_MEMORY` or `HOOK` while populating
+    /// (the shared lock). Takes back a frame `alloc_frame` gave. Called exactly once
     /// per frame, and for a frame that hardware could reach only after the
     /// `flush_tlb` call that covered its removal has returned.
     pub free_frame: Option<unsafe extern "C" fn(ctx: *mut c_void, hpa: u64)>,
