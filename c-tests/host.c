@@ -220,6 +220,7 @@ static void hook_relax(void *ctx) {
 
 axalloc_hooks_t th_hooks(th_pool_t *p) {
   axalloc_hooks_t h = {0};
+  h.struct_size = sizeof h;
   h.ctx = p;
   h.alloc_frame = hook_alloc;
   h.free_frame = hook_free;
@@ -306,7 +307,8 @@ th_fx_t th_fx_new(uint32_t format, uint32_t cfg_flags, uint64_t base, uint64_t s
   th_fx_t f = {0};
   f.format = format;
   f.pool = th_pool_new(frames, 0x40000000ull, (cfg_flags & AXALLOC_CFG_FRAMES_ZEROED) != 0);
-  axalloc_config_t cfg = {format, cfg_flags, base, size, 0};
+  axalloc_config_t cfg = {
+      .struct_size = sizeof cfg, .format = format, .flags = cfg_flags, .base = base, .size = size};
   axalloc_hooks_t h = th_hooks(f.pool);
   axalloc_status_t st = axalloc_as_create(&cfg, &h, &f.as);
   if (st != AXALLOC_OK) {
@@ -383,18 +385,33 @@ size_t th_list_tables(th_pool_t *p, th_table_t *out, size_t max) {
 static int32_t tap_alloc(void *ctx, uint64_t *out) {
   th_tap_t *t = ctx;
   if (t->on_alloc) t->on_alloc(t);
-  return t->inner.alloc_frame(t->inner.ctx, out);
+  int32_t rc = t->inner.alloc_frame(t->inner.ctx, out);
+  if (rc == 0 && t->on_alloced) {
+    uint64_t fake = t->on_alloced(t, *out);
+    if (fake != *out) {
+      t->replaced_real = *out;
+      t->replaced_fake = fake;
+      *out = fake;
+    }
+  }
+  return rc;
 }
 
 static void tap_free(void *ctx, uint64_t hpa) {
   th_tap_t *t = ctx;
   if (t->on_free) t->on_free(t, hpa);
+  if (t->replaced_fake == hpa && t->replaced_real != hpa) {
+    /* the library hands back the contract-breaking value it was given */
+    hpa = t->replaced_real;
+    t->replaced_fake = t->replaced_real = 0;
+  }
   t->inner.free_frame(t->inner.ctx, hpa);
 }
 
 static void *tap_p2v(void *ctx, uint64_t hpa) {
   th_tap_t *t = ctx;
-  return t->inner.phys_to_virt(t->inner.ctx, hpa);
+  void *v = t->inner.phys_to_virt(t->inner.ctx, hpa);
+  return t->on_p2v ? t->on_p2v(t, hpa, v) : v;
 }
 
 static void tap_flush(void *ctx, uint64_t gpa, uint64_t size) {
@@ -403,20 +420,27 @@ static void tap_flush(void *ctx, uint64_t gpa, uint64_t size) {
   t->inner.flush_tlb(t->inner.ctx, gpa, size);
 }
 
-th_fx_t th_fx_new_tapped(th_tap_t *tap, uint32_t format, uint32_t cfg_flags, uint64_t base, uint64_t size,
-                         size_t frames) {
-  th_fx_t f = {0};
-  f.format = format;
-  f.pool = th_pool_new(frames, 0x40000000ull, (cfg_flags & AXALLOC_CFG_FRAMES_ZEROED) != 0);
-  tap->inner = th_hooks(f.pool);
+axalloc_hooks_t th_tap_hooks(th_tap_t *tap) {
   axalloc_hooks_t h = {0};
+  h.struct_size = sizeof h;
   h.ctx = tap;
   h.alloc_frame = tap_alloc;
   h.free_frame = tap_free;
   h.phys_to_virt = tap_p2v;
   h.flush_tlb = tap_flush;
   h.relax = hook_relax;
-  axalloc_config_t cfg = {format, cfg_flags, base, size, 0};
+  return h;
+}
+
+th_fx_t th_fx_new_tapped(th_tap_t *tap, uint32_t format, uint32_t cfg_flags, uint64_t base, uint64_t size,
+                         size_t frames) {
+  th_fx_t f = {0};
+  f.format = format;
+  f.pool = th_pool_new(frames, 0x40000000ull, (cfg_flags & AXALLOC_CFG_FRAMES_ZEROED) != 0);
+  tap->inner = th_hooks(f.pool);
+  axalloc_hooks_t h = th_tap_hooks(tap);
+  axalloc_config_t cfg = {
+      .struct_size = sizeof cfg, .format = format, .flags = cfg_flags, .base = base, .size = size};
   axalloc_status_t st = axalloc_as_create(&cfg, &h, &f.as);
   if (st != AXALLOC_OK) {
     fprintf(stderr, "th_fx_new_tapped: axalloc_as_create: %s\n", axalloc_status_str(st));

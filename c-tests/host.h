@@ -115,6 +115,14 @@ struct th_tap {
   void (*on_alloc)(th_tap_t *t);                          /* before alloc_frame */
   void (*on_free)(th_tap_t *t, uint64_t hpa);             /* before free_frame */
   void (*on_flush)(th_tap_t *t, uint64_t gpa, uint64_t size); /* before flush_tlb */
+  /* After the pool's phys_to_virt: may replace its answer (a host breaking
+   * the contract: NULL, a misaligned pointer). */
+  void *(*on_p2v)(th_tap_t *t, uint64_t hpa, void *virt);
+  /* After a successful alloc_frame: may replace the frame's address (a host
+   * breaking the contract: misaligned, beyond 2^52). The library must hand
+   * the value back through free_frame; the tap then frees the real frame. */
+  uint64_t (*on_alloced)(th_tap_t *t, uint64_t hpa);
+  uint64_t replaced_real, replaced_fake; /* the last frame on_alloced replaced */
   axalloc_hooks_t inner; /* the pool's hooks; set by th_fx_new_tapped */
 };
 
@@ -161,5 +169,8 @@ axalloc_stats_t th_stats(const th_fx_t *f);
 /* As th_fx_new, but the address space's hooks go through `tap` (its
  * callbacks first, then the pool's hooks). `tap` must stay valid until
  * th_fx_done returns; its callbacks are also called by the destroy. */
+/* Hooks that go through `tap` (its callbacks, then tap->inner, which the
+ * caller sets, e.g. to th_hooks(pool)). */
+axalloc_hooks_t th_tap_hooks(th_tap_t *tap);
 th_fx_t th_fx_new_tapped(th_tap_t *tap, uint32_t format, uint32_t cfg_flags, uint64_t base, uint64_t size,
                          size_t frames);

@@ -154,12 +154,14 @@ static inline th_fx_t xfx_new(xhost_t *x, uint32_t format, uint32_t cfg_flags, u
   x->size = xsize;
   axalloc_hooks_t h;
   memset(&h, 0, sizeof h);
+  h.struct_size = sizeof h;
   h.ctx = x;
   h.alloc_frame = xh_alloc;
   h.free_frame = xh_free;
   h.phys_to_virt = xh_p2v;
   h.flush_tlb = xh_flush;
-  axalloc_config_t cfg = {format, cfg_flags, base, size, 0};
+  axalloc_config_t cfg = {
+      .struct_size = sizeof cfg, .format = format, .flags = cfg_flags, .base = base, .size = size};
   if (axalloc_as_create(&cfg, &h, &f.as) != AXALLOC_OK) {
     fprintf(stderr, "xfx_new: create failed\n");
     abort();

@@ -19,6 +19,13 @@ function(axalloc_semantics_test exe)
   axalloc_c_test(${exe} SOURCES ${exe}.c TESTS ${names})
 endfunction()
 
-foreach(exe IN ITEMS test_create test_map test_unmap test_fault test_copy test_api test_reserve test_fastpath test_core)
+foreach(exe IN ITEMS test_create test_map test_unmap test_fault test_copy test_api test_reserve test_fastpath test_core test_abi)
   axalloc_semantics_test(${exe})
 endforeach()
+
+# test_abi checks the header's version against Cargo.toml's.
+set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS "${PROJECT_SOURCE_DIR}/Cargo.toml")
+file(STRINGS "${PROJECT_SOURCE_DIR}/Cargo.toml" _sem_version REGEX "^version *=" LIMIT_COUNT 1)
+string(REGEX MATCH "([0-9]+)\\.([0-9]+)\\.([0-9]+)" _sem_version "${_sem_version}")
+target_compile_definitions(test_abi PRIVATE CARGO_VERSION_MAJOR=${CMAKE_MATCH_1}
+  CARGO_VERSION_MINOR=${CMAKE_MATCH_2} CARGO_VERSION_PATCH=${CMAKE_MATCH_3})

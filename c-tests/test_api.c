@@ -6,32 +6,50 @@
 #define RW (AXALLOC_READ | AXALLOC_WRITE)
 
 /* The contract's exact values and layouts (compile time). */
-_Static_assert(sizeof(axalloc_status_t) == sizeof(int32_t), "axalloc_status_t is int32_t-sized");
+_Static_assert(sizeof(axalloc_status_t) == sizeof(int32_t), "axalloc_status_t is int32_t");
 _Static_assert(AXALLOC_OK == 0 && AXALLOC_ERR_INVALID == -1 && AXALLOC_ERR_NO_MEMORY == -2 &&
                    AXALLOC_ERR_EXISTS == -3 && AXALLOC_ERR_NOT_MAPPED == -4 && AXALLOC_ERR_ACCESS == -5 &&
-                   AXALLOC_ERR_UNSUPPORTED == -6 && AXALLOC_ERR_INTERNAL == -7,
+                   AXALLOC_ERR_UNSUPPORTED == -6 && AXALLOC_ERR_INTERNAL == -7 && AXALLOC_ERR_HOOK == -8 &&
+                   AXALLOC_ERR_LIMIT == -9 && AXALLOC_ERR_BUSY == -10,
                "status values");
+/* Map flags in bits 0-7, config flags in bits 8-15, formats small integers. */
 _Static_assert(AXALLOC_READ == 1u && AXALLOC_WRITE == 2u && AXALLOC_EXEC == 4u && AXALLOC_DEVICE == 8u, "flags");
 _Static_assert(AXALLOC_FORMAT_X86_EPT == 1u && AXALLOC_FORMAT_X86_NPT == 2u, "formats");
-_Static_assert(AXALLOC_CFG_FRAMES_ZEROED == 1u && AXALLOC_CFG_NO_HUGE_1G == 2u, "cfg flags");
-_Static_assert(offsetof(axalloc_config_t, format) == 0 && offsetof(axalloc_config_t, flags) == 4 &&
-                   offsetof(axalloc_config_t, base) == 8 && offsetof(axalloc_config_t, size) == 16 &&
-                   offsetof(axalloc_config_t, linear_offset) == 24 && sizeof(axalloc_config_t) == 32,
+_Static_assert(AXALLOC_CFG_FRAMES_ZEROED == (1u << 8) && AXALLOC_CFG_NO_HUGE_1G == (1u << 9) &&
+                   AXALLOC_CFG_RISCV_SVPBMT == (1u << 10) && AXALLOC_CFG_HW_AD == (1u << 11) &&
+                   AXALLOC_CFG_ARM_S2FWB == (1u << 12) && AXALLOC_CFG_LINEAR_MAP == (1u << 13),
+               "cfg flags");
+_Static_assert(((AXALLOC_READ | AXALLOC_WRITE | AXALLOC_EXEC | AXALLOC_DEVICE) &
+                (AXALLOC_CFG_FRAMES_ZEROED | AXALLOC_CFG_NO_HUGE_1G | AXALLOC_CFG_RISCV_SVPBMT | AXALLOC_CFG_HW_AD |
+                 AXALLOC_CFG_ARM_S2FWB | AXALLOC_CFG_LINEAR_MAP)) == 0,
+               "map and config flags are disjoint");
+_Static_assert(AXALLOC_REGION_NONE == 0u && AXALLOC_REGION_ALLOC == 1u && AXALLOC_REGION_LINEAR == 2u, "kinds");
+_Static_assert(offsetof(axalloc_config_t, struct_size) == 0 && offsetof(axalloc_config_t, format) == 4 &&
+                   offsetof(axalloc_config_t, flags) == 8 && offsetof(axalloc_config_t, reserved) == 12 &&
+                   offsetof(axalloc_config_t, base) == 16 && offsetof(axalloc_config_t, size) == 24 &&
+                   offsetof(axalloc_config_t, linear_offset) == 32 && sizeof(axalloc_config_t) == 40,
                "config layout");
 _Static_assert(offsetof(axalloc_stats_t, regions) == 0 && offsetof(axalloc_stats_t, mapped_bytes) == 8 &&
                    offsetof(axalloc_stats_t, guest_frames) == 16 && offsetof(axalloc_stats_t, table_frames) == 24 &&
                    offsetof(axalloc_stats_t, faults) == 32 && offsetof(axalloc_stats_t, reserve_frames) == 40 &&
                    sizeof(axalloc_stats_t) == 48,
                "stats layout");
-_Static_assert(offsetof(axalloc_hooks_t, ctx) == 0 &&
-                   offsetof(axalloc_hooks_t, alloc_frame) == sizeof(void *) &&
-                   offsetof(axalloc_hooks_t, free_frame) == 2 * sizeof(void *) &&
-                   offsetof(axalloc_hooks_t, phys_to_virt) == 3 * sizeof(void *) &&
-                   offsetof(axalloc_hooks_t, flush_tlb) == 4 * sizeof(void *) &&
-                   offsetof(axalloc_hooks_t, alloc_contig) == 5 * sizeof(void *) &&
-                   offsetof(axalloc_hooks_t, free_contig) == 6 * sizeof(void *) &&
-                   offsetof(axalloc_hooks_t, relax) == 7 * sizeof(void *),
+_Static_assert(offsetof(axalloc_hooks_t, struct_size) == 0 && offsetof(axalloc_hooks_t, reserved) == 4 &&
+                   offsetof(axalloc_hooks_t, ctx) == 8 &&
+                   offsetof(axalloc_hooks_t, alloc_frame) == 8 + sizeof(void *) &&
+                   offsetof(axalloc_hooks_t, free_frame) == 8 + 2 * sizeof(void *) &&
+                   offsetof(axalloc_hooks_t, phys_to_virt) == 8 + 3 * sizeof(void *) &&
+                   offsetof(axalloc_hooks_t, flush_tlb) == 8 + 4 * sizeof(void *) &&
+                   offsetof(axalloc_hooks_t, alloc_contig) == 8 + 5 * sizeof(void *) &&
+                   offsetof(axalloc_hooks_t, free_contig) == 8 + 6 * sizeof(void *) &&
+                   offsetof(axalloc_hooks_t, relax) == 8 + 7 * sizeof(void *),
                "hooks layout");
+_Static_assert(offsetof(axalloc_mapping_t, kind) == 0 && offsetof(axalloc_mapping_t, flags) == 4 &&
+                   offsetof(axalloc_mapping_t, region_base) == 8 && offsetof(axalloc_mapping_t, region_size) == 16 &&
+                   offsetof(axalloc_mapping_t, present) == 24 && offsetof(axalloc_mapping_t, reserved) == 28 &&
+                   offsetof(axalloc_mapping_t, hpa) == 32 && offsetof(axalloc_mapping_t, page_size) == 40 &&
+                   sizeof(axalloc_mapping_t) == 48,
+               "mapping layout");
 
 /* NULL as: every entry point answers INVALID (root: 0, destroy: no-op) and
  * touches no out-parameter. */
@@ -50,6 +68,11 @@ static void api_null_as_is_invalid_everywhere(void) {
   CHECK_STATUS(axalloc_read(NULL, 0, buf, sizeof buf), AXALLOC_ERR_INVALID);
   CHECK_STATUS(axalloc_write(NULL, 0, buf, sizeof buf), AXALLOC_ERR_INVALID);
   CHECK_STATUS(axalloc_as_stats(NULL, &s), AXALLOC_ERR_INVALID);
+  axalloc_mapping_t m;
+  memset(&m, 0x44, sizeof m);
+  CHECK_STATUS(axalloc_query(NULL, 0, &m), AXALLOC_ERR_INVALID);
+  CHECK_STATUS(axalloc_region_next(NULL, 0, &m), AXALLOC_ERR_INVALID);
+  CHECK_EQ_U64(m.hpa, 0x4444444444444444ull);
   CHECK_EQ_U64(axalloc_as_root(NULL), 0);
   axalloc_as_destroy(NULL);
   CHECK_EQ_U64(hpa, 0x1111);
@@ -63,7 +86,7 @@ static void api_null_out_pointers_are_invalid(void) {
   FOR_EACH_FORMAT(fmt) {
     th_fx_t f = th_fx_new(fmt, 0, 0, 4 * GIB, 256);
     CHECK_STATUS(axalloc_as_stats(f.as, NULL), AXALLOC_ERR_INVALID);
-    axalloc_config_t c = {fmt, 0, 0, GIB, 0};
+    axalloc_config_t c = {.struct_size = sizeof c, .format = fmt, .size = GIB};
     axalloc_hooks_t h = th_hooks(f.pool);
     size_t in_use = th_in_use(f.pool);
     CHECK_STATUS(axalloc_as_create(&c, &h, NULL), AXALLOC_ERR_INVALID);
@@ -160,7 +183,7 @@ static void api_optional_flush_hook_may_be_null(void) {
     th_check_reachability(p, false); /* the host "guarantees" no stale TLB itself */
     axalloc_hooks_t h = th_hooks(p);
     h.flush_tlb = NULL;
-    axalloc_config_t c = {fmt, 0, 0, 4 * GIB, 0};
+    axalloc_config_t c = {.struct_size = sizeof c, .format = fmt, .size = 4 * GIB};
     axalloc_as_t *as = NULL;
     CHECK_STATUS(axalloc_as_create(&c, &h, &as), AXALLOC_OK);
     CHECK_STATUS(axalloc_map_alloc(as, 0, 16 * PAGE, RW, true), AXALLOC_OK);

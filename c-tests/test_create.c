@@ -44,7 +44,7 @@ static void expect_create(const char *what, axalloc_config_t cfg, void (*tweak)(
 }
 
 static axalloc_config_t cfg_of(uint32_t format, uint32_t flags, uint64_t base, uint64_t size) {
-  axalloc_config_t c = {format, flags, base, size, 0};
+  axalloc_config_t c = {.struct_size = sizeof c, .format = format, .flags = flags, .base = base, .size = size};
   return c;
 }
 
@@ -57,7 +57,8 @@ static void create_rejects_unknown_format(void) {
 }
 
 static void create_rejects_unknown_cfg_bits(void) {
-  uint32_t bad[] = {1u << 2, 1u << 3, 1u << 31, 0xffffffffu, AXALLOC_CFG_FRAMES_ZEROED | (1u << 5)};
+  uint32_t bad[] = {1u << 2,  1u << 3,  1u << 14, 1u << 15, 1u << 16, 1u << 31, 0xffffffffu,
+                    AXALLOC_CFG_FRAMES_ZEROED | (1u << 5)};
   FOR_EACH_FORMAT(fmt) {
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
       expect_create("unknown cfg bits", cfg_of(fmt, bad[i], 0, GIB), NULL, AXALLOC_ERR_INVALID);
@@ -265,6 +266,9 @@ static void status_str_never_null(void) {
       {AXALLOC_ERR_ACCESS, "AXALLOC_ERR_ACCESS"},
       {AXALLOC_ERR_UNSUPPORTED, "AXALLOC_ERR_UNSUPPORTED"},
       {AXALLOC_ERR_INTERNAL, "AXALLOC_ERR_INTERNAL"},
+      {AXALLOC_ERR_HOOK, "AXALLOC_ERR_HOOK"},
+      {AXALLOC_ERR_LIMIT, "AXALLOC_ERR_LIMIT"},
+      {AXALLOC_ERR_BUSY, "AXALLOC_ERR_BUSY"},
   };
   for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
     const char *s = axalloc_status_str(known[i].v);
@@ -274,7 +278,7 @@ static void status_str_never_null(void) {
       check_failures++;
     }
   }
-  int32_t odd[] = {INT32_MIN, INT32_MIN + 1, INT32_MAX, INT32_MAX - 1, -8, 1, 2, 7, 100, -100, -65536};
+  int32_t odd[] = {INT32_MIN, INT32_MIN + 1, INT32_MAX, INT32_MAX - 1, -11, 1, 2, 7, 100, -100, -65536};
   for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
     const char *s = axalloc_status_str(odd[i]);
     CHECK(s != NULL);

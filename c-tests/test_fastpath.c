@@ -28,8 +28,8 @@ static void c_flush(void *ctx, uint64_t gpa, uint64_t size) {
 static axalloc_as_t *make(th_pool_t *p, counting_t *c, uint32_t fmt, bool linear) {
   c->inner = th_hooks(p);
   c->p2v_calls = 0;
-  axalloc_hooks_t h = {.ctx = c, .alloc_frame = c_alloc, .free_frame = c_free, .phys_to_virt = c_p2v, .flush_tlb = c_flush};
-  axalloc_config_t cfg = {.format = fmt, .base = 0, .size = 64 * GIB};
+  axalloc_hooks_t h = {.struct_size = sizeof h, .ctx = c, .alloc_frame = c_alloc, .free_frame = c_free, .phys_to_virt = c_p2v, .flush_tlb = c_flush};
+  axalloc_config_t cfg = {.struct_size = sizeof cfg, .format = fmt, .base = 0, .size = 64 * GIB};
   if (linear) {
     cfg.flags = AXALLOC_CFG_LINEAR_MAP;
     cfg.linear_offset = (uint64_t)(uintptr_t)th_virt(p, BASE_HPA) - BASE_HPA;
@@ -93,7 +93,11 @@ static void linear_map_matches_phys_to_virt(void) {
 static void linear_map_rejects_bad_offset(void) {
   th_pool_t *p = th_pool_new(16, BASE_HPA, false);
   axalloc_hooks_t h = th_hooks(p);
-  axalloc_config_t cfg = {.format = AXALLOC_FORMAT_X86_EPT, .flags = AXALLOC_CFG_LINEAR_MAP, .size = GIB, .linear_offset = 8};
+  axalloc_config_t cfg = {.struct_size = sizeof cfg,
+                          .format = AXALLOC_FORMAT_X86_EPT,
+                          .flags = AXALLOC_CFG_LINEAR_MAP,
+                          .size = GIB,
+                          .linear_offset = 8};
   axalloc_as_t *as = (axalloc_as_t *)(uintptr_t)1;
   CHECK_STATUS(axalloc_as_create(&cfg, &h, &as), AXALLOC_ERR_INVALID);
   cfg.flags = 0;

@@ -81,7 +81,8 @@ static fx_t fx_new(uint32_t format, uint32_t cfg_flags, uint64_t base, uint64_t 
   h.free_frame = spy_free;
   h.phys_to_virt = spy_p2v;
   h.flush_tlb = spy_flush;
-  axalloc_config_t cfg = {format, cfg_flags, base, size, 0};
+  axalloc_config_t cfg = {
+      .struct_size = sizeof cfg, .format = format, .flags = cfg_flags, .base = base, .size = size};
   axalloc_status_t st = axalloc_as_create(&cfg, &h, &x.f.as);
   if (st != AXALLOC_OK) {
     fprintf(stderr, "fx_new: axalloc_as_create: %s\n", axalloc_status_str(st));

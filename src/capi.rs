@@ -22,42 +22,61 @@ use crate::error::Error;
 use crate::flags::{Access, Flags};
 use crate::format::FormatKind;
 use crate::hooks::Hooks;
-use crate::space::{AddrSpace, Config};
+use crate::region::Backend;
+use crate::space::{AddrSpace, Config, Found};
 
-/// Status of every libaxalloc call. Values are stable and never reused.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum axalloc_status {
-    /// Success.
-    AXALLOC_OK = 0,
-    /// An argument is invalid: NULL, unaligned, zero size, overflowing,
-    /// outside the window, or with unknown bits.
-    AXALLOC_ERR_INVALID = -1,
-    /// A hook could not supply a frame; nothing changed.
-    AXALLOC_ERR_NO_MEMORY = -2,
-    /// The range overlaps an existing region.
-    AXALLOC_ERR_EXISTS = -3,
-    /// No region covers the address, or nothing is present there.
-    AXALLOC_ERR_NOT_MAPPED = -4,
-    /// The access is not allowed by the region's flags.
-    AXALLOC_ERR_ACCESS = -5,
-    /// The request is valid but not supported.
-    AXALLOC_ERR_UNSUPPORTED = -6,
-    /// An internal invariant broke; destroy the address space.
-    AXALLOC_ERR_INTERNAL = -7,
-    /// Another map / unmap / write-populate is working on an overlapping
-    /// range (or the table spans around it) right now; nothing changed. The
-    /// library never waits for it — it may be waiting for this CPU to take a
-    /// TLB-flush IPI — so retry after that call returns (e.g. after
-    /// re-enabling interrupts or re-entering the guest).
-    AXALLOC_ERR_BUSY = -10,
-}
-use axalloc_status::*;
+/// Status of every libaxalloc call: `AXALLOC_OK` (0) or one of the negative
+/// `AXALLOC_ERR_*` values. A fixed-width integer (not an enum, whose width a
+/// C compiler may choose); values are stable and never reused.
+pub type axalloc_status_t = i32;
 
-/// Status of every libaxalloc call (`AXALLOC_OK` or a negative error).
-pub type axalloc_status_t = axalloc_status;
+/// Success.
+pub const AXALLOC_OK: axalloc_status_t = 0;
+/// An argument is invalid: NULL, unaligned, zero size, overflowing, outside
+/// the window, a value outside its own value space (a map flag given as a
+/// config flag, a config flag as a map flag, a flag as a format, ...), or a
+/// `struct_size` smaller than the library's first version of the struct.
+pub const AXALLOC_ERR_INVALID: axalloc_status_t = -1;
+/// `alloc_frame` returned non-zero (the host has no frame); nothing changed.
+pub const AXALLOC_ERR_NO_MEMORY: axalloc_status_t = -2;
+/// The range overlaps an existing region.
+pub const AXALLOC_ERR_EXISTS: axalloc_status_t = -3;
+/// No region covers the address, or nothing is present there.
+pub const AXALLOC_ERR_NOT_MAPPED: axalloc_status_t = -4;
+/// The access is not allowed by the region's flags (or the region is
+/// DEVICE memory and the hypervisor asked to copy through it).
+pub const AXALLOC_ERR_ACCESS: axalloc_status_t = -5;
+/// The request is well-formed but this version does not support it: a
+/// reserved `AXALLOC_CFG_*` flag, a non-zero `reserved` field, or a larger
+/// struct (from a newer header) whose fields this version does not know are
+/// not all zero.
+pub const AXALLOC_ERR_UNSUPPORTED: axalloc_status_t = -6;
+/// An internal invariant broke (a bug in the library); destroy the address
+/// space. Never the answer to bad input.
+pub const AXALLOC_ERR_INTERNAL: axalloc_status_t = -7;
+/// A hook broke its contract: `alloc_frame` returned a frame that is not
+/// 4 KiB aligned or lies at or beyond 2^52 (it is handed back through
+/// `free_frame` at once), or `phys_to_virt` returned NULL or a pointer that
+/// is not page-aligned for a frame the library was taking (a new table or
+/// guest frame; it is handed back) or a linear range it was copying
+/// through. Nothing changed (except as the function's list says for copies):
+/// the address space works as before, and the call may be retried once the
+/// host is fixed. `phys_to_virt` must also keep its answer for a frame while
+/// the library holds it; if it starts failing for a table already in use,
+/// the call still says ERR_HOOK, but a map or unmap may be left half done:
+/// treat that like `AXALLOC_ERR_INTERNAL`.
+pub const AXALLOC_ERR_HOOK: axalloc_status_t = -8;
+/// A documented limit of the library was reached: an address space holds
+/// at most 6,528 regions. Not a shortage of frames; nothing changed.
+pub const AXALLOC_ERR_LIMIT: axalloc_status_t = -9;
+/// Another map / unmap / write-populate is working on an overlapping range
+/// (or the table spans around it) right now; nothing changed. The library
+/// never waits for it — it may be waiting for this CPU to take a TLB-flush
+/// IPI — so retry after that call returns (e.g. after re-enabling interrupts
+/// or re-entering the guest).
+pub const AXALLOC_ERR_BUSY: axalloc_status_t = -10;
 
-impl From<Error> for axalloc_status {
+impl From<Error> for axalloc_status_t {
     fn from(e: Error) -> Self {
         match e {
             Error::Invalid => AXALLOC_ERR_INVALID,
@@ -67,6 +86,8 @@ impl From<Error> for axalloc_status {
             Error::Access => AXALLOC_ERR_ACCESS,
             Error::Unsupported => AXALLOC_ERR_UNSUPPORTED,
             Error::Internal => AXALLOC_ERR_INTERNAL,
+            Error::Hook => AXALLOC_ERR_HOOK,
+            Error::Limit => AXALLOC_ERR_LIMIT,
             Error::Busy => AXALLOC_ERR_BUSY,
         }
     }
@@ -79,44 +100,182 @@ fn status(r: crate::error::Result) -> axalloc_status_t {
     }
 }
 
-/// Region may be read by the guest. Required in every mapping.
+/// Parses a decimal version component at compile time (Cargo's
+/// `CARGO_PKG_VERSION_*`, so the library's version cannot drift from
+/// Cargo.toml; build.rs writes the same numbers into the header's
+/// `AXALLOC_VERSION_*` macros).
+const fn parse_version(s: &str) -> u32 {
+    let b = s.as_bytes();
+    let mut v = 0u32;
+    let mut i = 0;
+    while i < b.len() {
+        v = v * 10 + (b[i] - b'0') as u32;
+        i += 1;
+    }
+    v
+}
+
+const VERSION: u32 = (parse_version(env!("CARGO_PKG_VERSION_MAJOR")) << 16)
+    | (parse_version(env!("CARGO_PKG_VERSION_MINOR")) << 8)
+    | parse_version(env!("CARGO_PKG_VERSION_PATCH"));
+
+// ---------------------------------------------------------------------------
+// Value spaces. Every integer input has its own space, disjoint from the
+// others, and is checked against it alone: a value from another space is
+// AXALLOC_ERR_INVALID, never silently something else.
+//   map / protect / access flags  bits 0-7    AXALLOC_READ ... AXALLOC_DEVICE
+//   config flags                  bits 8-15   AXALLOC_CFG_*
+//   operation flags               bits 16-23  (none yet)
+//   formats                       small integers 1, 2, ...  AXALLOC_FORMAT_*
+// ---------------------------------------------------------------------------
+
+/// Map flag (bits 0-7): the guest may read. Required in every mapping.
+///
+/// READ, WRITE and EXEC are the access bits of an Intel EPT-violation exit
+/// qualification, bits 0-2 (Intel SDM vol. 3C, "Exit Qualification for EPT
+/// Violations": data read, data write, instruction fetch), so
+/// `axalloc_handle_fault(as, gpa, qual & 7)` passes the access on as it is
+/// (a read-modify-write may set both READ and WRITE: fine).
+///
+/// AMD NPT: from the #NPF exit's EXITINFO1 (the page-fault error code; AMD
+/// APM vol. 2, "Nested versus Guest Page Faults, Fault Ordering"):
+/// bit 4 (I/D, instruction fetch) → `AXALLOC_EXEC`, else bit 1 (W) →
+/// `AXALLOC_WRITE`, else `AXALLOC_READ`. The faulting address is EXITINFO2.
+///
+/// For formats to come: Arm ESR_EL2 — an instruction abort (EC 0x20) →
+/// `AXALLOC_EXEC`, a data abort (EC 0x24) with WnR (bit 6) set →
+/// `AXALLOC_WRITE`, else `AXALLOC_READ`. RISC-V scause — guest page fault
+/// 20 (instruction) → `AXALLOC_EXEC`, 21 (load) → `AXALLOC_READ`,
+/// 23 (store/AMO) → `AXALLOC_WRITE`.
 pub const AXALLOC_READ: u32 = 1 << 0;
-/// Region may be written by the guest.
+/// Map flag: the guest may write (EPT exit-qualification bit 1).
 pub const AXALLOC_WRITE: u32 = 1 << 1;
-/// Region may be executed by the guest.
+/// Map flag: the guest may execute (EPT exit-qualification bit 2).
 pub const AXALLOC_EXEC: u32 = 1 << 2;
-/// Device / uncached memory type instead of write-back.
+/// Map flag: device memory, uncached, instead of write-back. What a leaf
+/// holds, exactly:
+/// - EPT: memory type (bits 5:3) 0 = UC with DEVICE, 6 = WB without; the
+///   "ignore PAT" bit 6 is never set, so the guest's PAT type combines with
+///   it (Intel SDM vol. 3C, "Memory Type Used for Translated Guest-Physical
+///   Addresses").
+/// - NPT: PCD = PWT = 1 and PAT = 0 with DEVICE (PAT index 3), all three 0
+///   without (PAT index 0). They index the *host's* PAT MSR, which must keep
+///   entry 0 = WB and entry 3 = UC (the power-on values, which Linux, Xen
+///   and KVM keep); the result combines with the guest's own type (AMD APM
+///   vol. 2, "Combining Guest and Host Memory Types").
+///
+/// Bits 4-7 are reserved (bit 4 for `HUGE`, to come) and, like every bit
+/// outside 0-7, rejected with `AXALLOC_ERR_INVALID`.
 pub const AXALLOC_DEVICE: u32 = 1 << 3;
 
-/// Intel EPT: 4 levels, 48-bit guest-physical addresses.
+/// Intel EPT: 4 levels, 48-bit guest-physical addresses. The VMCS's EPTP is
+/// `axalloc_as_root(as) | (4 - 1) << 3 | 6` (page-walk length 4, paging
+/// structures write-back). The library sets no accessed/dirty bit itself and
+/// compares none, so EPTP bit 6 (A/D enable) is the hypervisor's choice.
 pub const AXALLOC_FORMAT_X86_EPT: u32 = 1;
-/// AMD NPT: the x86-64 long-mode format with U=1, 4 levels, 48-bit.
+/// AMD NPT: the x86-64 long-mode format with U=1, 4 levels, 48-bit. The
+/// VMCB's nCR3 is `axalloc_as_root(as)` as it is (PWT/PCD 0: tables
+/// write-back through host PAT entry 0).
 pub const AXALLOC_FORMAT_X86_NPT: u32 = 2;
 
-/// The alloc hooks return zeroed frames: the library skips zeroing.
-pub const AXALLOC_CFG_FRAMES_ZEROED: u32 = 1 << 0;
-/// Never create 1 GiB leaves (for CPUs without 1 GiB stage-2 pages).
-pub const AXALLOC_CFG_NO_HUGE_1G: u32 = 1 << 1;
-
-/// The host maps every frame its hooks give at `hpa + cfg.linear_offset`
-/// (a direct map, as most hypervisors have): the library computes frames'
-/// addresses itself and never calls `phys_to_virt` for them (it still does
-/// for the passthrough ranges `axalloc_read`/`axalloc_write` copy through).
+/// Config flag (bits 8-15): the alloc hooks return zeroed frames, so the
+/// library does not zero guest frames. It speaks of guest frames only: table
+/// frames are always zeroed (initialised) by the library, with or without
+/// it — they are few.
+pub const AXALLOC_CFG_FRAMES_ZEROED: u32 = 1 << 8;
+/// Config flag: never create 1 GiB leaves (for CPUs without 1 GiB stage-2
+/// pages).
+pub const AXALLOC_CFG_NO_HUGE_1G: u32 = 1 << 9;
+/// Config flag, reserved for RISC-V Svpbmt memory types: this version
+/// answers `AXALLOC_ERR_UNSUPPORTED`.
+pub const AXALLOC_CFG_RISCV_SVPBMT: u32 = 1 << 10;
+/// Config flag, reserved for hardware-managed accessed/dirty bits: this
+/// version answers `AXALLOC_ERR_UNSUPPORTED`.
+pub const AXALLOC_CFG_HW_AD: u32 = 1 << 11;
+/// Config flag, reserved for Arm FEAT_S2FWB: this version answers
+/// `AXALLOC_ERR_UNSUPPORTED`.
+pub const AXALLOC_CFG_ARM_S2FWB: u32 = 1 << 12;
+/// Config flag: the host maps every frame its hooks give at
+/// `hpa + cfg.linear_offset` (a direct map, as most hypervisors have): the
+/// library computes frames' addresses itself and never calls `phys_to_virt`
+/// for them (it still does for the passthrough ranges
+/// `axalloc_read`/`axalloc_write` copy through).
 pub const AXALLOC_CFG_LINEAR_MAP: u32 = 1 << 13;
 
-const CFG_ALL: u32 = AXALLOC_CFG_FRAMES_ZEROED | AXALLOC_CFG_NO_HUGE_1G | AXALLOC_CFG_LINEAR_MAP;
+const CFG_KNOWN: u32 = AXALLOC_CFG_FRAMES_ZEROED | AXALLOC_CFG_NO_HUGE_1G | AXALLOC_CFG_LINEAR_MAP;
+const CFG_RESERVED: u32 = AXALLOC_CFG_RISCV_SVPBMT | AXALLOC_CFG_HW_AD | AXALLOC_CFG_ARM_S2FWB;
+
+/// `axalloc_mapping_t.kind`: no region covers the address.
+pub const AXALLOC_REGION_NONE: u32 = 0;
+/// `axalloc_mapping_t.kind`: guest RAM from `alloc_frame`
+/// (`axalloc_map_alloc`).
+pub const AXALLOC_REGION_ALLOC: u32 = 1;
+/// `axalloc_mapping_t.kind`: a fixed host-physical range
+/// (`axalloc_map_linear`).
+pub const AXALLOC_REGION_LINEAR: u32 = 2;
+
+/// Largest `struct_size` accepted: a guard against an uninitialised field
+/// (the library reads `struct_size` bytes).
+const STRUCT_SIZE_MAX: usize = 4096;
+
+/// Reads a caller's versioned struct (`struct_size` first): rejects a size
+/// below the first version's (`first`) or above [`STRUCT_SIZE_MAX`], copies
+/// the fields this version knows byte-wise (never more than the caller
+/// said it has), and rejects a non-zero tail of fields it does not know.
+///
+/// # Safety
+/// `p` is non-NULL and points to `struct_size` readable bytes, whose first
+/// four are `struct_size`; every field of `T` may be all-zero bytes.
+unsafe fn read_sized<T: Copy>(p: *const T, first: usize) -> Result<T, axalloc_status_t> {
+    // SAFETY: non-NULL and readable per the contract; unaligned-safe.
+    let size = unsafe { p.cast::<u32>().read_unaligned() } as usize;
+    if size < first || size > STRUCT_SIZE_MAX {
+        return Err(AXALLOC_ERR_INVALID);
+    }
+    let known = core::mem::size_of::<T>();
+    let mut out = core::mem::MaybeUninit::<T>::zeroed();
+    // SAFETY: `min(size, known)` bytes are readable at `p` (the caller said
+    // `size`) and writable in `out` (`known`); the regions do not overlap.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            p.cast::<u8>(),
+            out.as_mut_ptr().cast::<u8>(),
+            size.min(known),
+        )
+    };
+    if size > known {
+        // SAFETY: bytes `known..size` are readable per the contract.
+        let tail = unsafe { core::slice::from_raw_parts(p.cast::<u8>().add(known), size - known) };
+        if tail.iter().any(|&b| b != 0) {
+            return Err(AXALLOC_ERR_UNSUPPORTED);
+        }
+    }
+    // SAFETY: every field of `T` is valid as all-zero bytes (the contract),
+    // and the copied prefix holds the caller's values of the same layout.
+    Ok(unsafe { out.assume_init() })
+}
 
 /// The host's callbacks. Every hook receives `ctx` first. Hooks may be called
 /// from any thread that calls into the library, also concurrently, and must
 /// not call back into the same address space. Under the lock (see the rules
 /// at the top): `alloc_frame`, `alloc_contig`, `phys_to_virt`, `relax` may be
 /// called with it held and must not sleep or wait for other CPUs;
-/// `flush_tlb`, `free_frame`, `free_contig` are called with no lock held. The structure is copied by
-/// `axalloc_as_create`; the hooks (and `ctx`) must stay valid until
-/// `axalloc_as_destroy` returns, and none is called after that.
+/// `flush_tlb`, `free_frame`, `free_contig` are called with no lock held.
+/// The structure is copied by `axalloc_as_create`; the hooks (and `ctx`)
+/// must stay valid until `axalloc_as_destroy` returns, and none is called
+/// after that.
+///
+/// Extensible: set `struct_size = sizeof(axalloc_hooks_t)` and zero the rest
+/// (`axalloc_hooks_t h = {0}` or designated initialisers) before filling in
+/// hooks. A later version may append fields; this one reads exactly the
+/// `struct_size` bytes the caller declared (see `axalloc_as_create`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct axalloc_hooks {
+    /// `sizeof(axalloc_hooks_t)` as the caller's header declares it.
+    pub struct_size: u32,
+    /// Must be 0 (`AXALLOC_ERR_UNSUPPORTED` otherwise).
+    pub reserved: u32,
     /// Passed first to every hook; never dereferenced by the library.
     pub ctx: *mut c_void,
     /// Required. May run under the lock (shared: a fault's frame and tables;
@@ -125,20 +284,22 @@ pub struct axalloc_hooks {
     /// its host-physical address to `*hpa_out` and returns 0, or returns
     /// non-zero when none is available (the call then fails with
     /// `AXALLOC_ERR_NO_MEMORY`). Contents may be anything, unless the config
-    /// says `AXALLOC_CFG_FRAMES_ZEROED`. A misaligned frame is handed back at
-    /// once and counts as a failure.
+    /// says `AXALLOC_CFG_FRAMES_ZEROED` (table frames are initialised by the
+    /// library either way). A misaligned frame, or one at or
+    /// beyond 2^52, is handed back through `free_frame` at once and the call
+    /// fails with `AXALLOC_ERR_HOOK`.
     pub alloc_frame: Option<unsafe extern "C" fn(ctx: *mut c_void, hpa_out: *mut u64) -> i32>,
     /// Required. Never called with the lock held (it may wait), except when
-    /// an `axalloc_write` fails with `NO_MEMORY` while populating (the
-    /// shared lock). Takes back a frame `alloc_frame` gave. Called exactly once
+    /// an `axalloc_write` fails with `NO_MEMORY` or `HOOK` while populating
+    /// (the shared lock). Takes back a frame `alloc_frame` gave. Called exactly once
     /// per frame, and for a frame that hardware could reach only after the
     /// `flush_tlb` call that covered its removal has returned.
     pub free_frame: Option<unsafe extern "C" fn(ctx: *mut c_void, hpa: u64)>,
     /// Required. The host's virtual address of the frame at `hpa` (frames
     /// from `alloc_frame`, and the host-physical ranges of linear regions
-    /// that `axalloc_read`/`axalloc_write` copy through). Never NULL for
-    /// those; page-aligned for a frame's first byte (the library keeps its own
-    /// state, 128-byte aligned, in one of its frames); the same address for a
+    /// that `axalloc_read`/`axalloc_write` copy through; always called with a
+    /// page's first byte). Never NULL, always page-aligned — else the call
+    /// fails with `AXALLOC_ERR_HOOK` (see there); the same address for a
     /// frame for as long as the library holds it.
     pub phys_to_virt: Option<unsafe extern "C" fn(ctx: *mut c_void, hpa: u64) -> *mut c_void>,
     /// Optional. Never called with the lock held: it may IPI other CPUs and
@@ -172,13 +333,21 @@ pub struct axalloc_hooks {
 pub type axalloc_hooks_t = axalloc_hooks;
 
 /// How an address space is set up.
+///
+/// Extensible: set `struct_size = sizeof(axalloc_config_t)` and zero the
+/// rest (`= {0}` or designated initialisers). See `axalloc_as_create`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct axalloc_config {
-    /// One of `AXALLOC_FORMAT_*`.
+    /// `sizeof(axalloc_config_t)` as the caller's header declares it.
+    pub struct_size: u32,
+    /// One of `AXALLOC_FORMAT_*` (a small integer, not a flag).
     pub format: u32,
-    /// Any of `AXALLOC_CFG_*`.
+    /// Any of the `AXALLOC_CFG_*` config flags (bits 8-15); any other bit,
+    /// a map flag such as `AXALLOC_READ` included, is `AXALLOC_ERR_INVALID`.
     pub flags: u32,
+    /// Must be 0 (`AXALLOC_ERR_UNSUPPORTED` otherwise).
+    pub reserved: u32,
     /// Guest-physical window `[base, base + size)` every mapping must lie in:
     /// 4 KiB aligned, non-empty, inside the format's 48-bit space.
     pub base: u64,
@@ -213,6 +382,34 @@ pub struct axalloc_stats {
 /// See `struct axalloc_stats`.
 pub type axalloc_stats_t = axalloc_stats;
 
+/// What covers one guest-physical address (`axalloc_query`) or one region
+/// (`axalloc_region_next`). A snapshot taken under the shared lock.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct axalloc_mapping {
+    /// `AXALLOC_REGION_NONE`, `AXALLOC_REGION_ALLOC` or
+    /// `AXALLOC_REGION_LINEAR`. With NONE every other field is 0.
+    pub kind: u32,
+    /// The region's map flags (`AXALLOC_READ` ... `AXALLOC_DEVICE`).
+    pub flags: u32,
+    /// First byte of the region.
+    pub region_base: u64,
+    /// Size of the region in bytes.
+    pub region_size: u64,
+    /// 1 if a leaf maps the page now, 0 if not (a lazy page never touched;
+    /// with 0, `hpa` and `page_size` are 0).
+    pub present: u32,
+    /// Always 0.
+    pub reserved: u32,
+    /// Host-physical address of the queried address itself (page offset
+    /// included, as `axalloc_translate` gives it).
+    pub hpa: u64,
+    /// Size of the leaf that maps it: 4096, 2 MiB or 1 GiB.
+    pub page_size: u64,
+}
+/// See `struct axalloc_mapping`.
+pub type axalloc_mapping_t = axalloc_mapping;
+
 /// An address space: one guest's stage-2 page table and its regions.
 /// Opaque; created by `axalloc_as_create`, released by `axalloc_as_destroy`.
 pub struct axalloc_as {
@@ -228,38 +425,71 @@ fn space<'a>(p: *const axalloc_as_t) -> Option<&'a AddrSpace> {
 }
 
 /// A static, NUL-terminated English name of `status` (e.g. "AXALLOC_OK").
-/// Never NULL; unknown values give "AXALLOC_ERR_UNKNOWN". Thread-safe.
+/// Never NULL; unknown values give "AXALLOC_ERR_UNKNOWN". Thread-safe; calls
+/// no hook. Returns no status.
 #[unsafe(no_mangle)]
-pub extern "C" fn axalloc_status_str(status: i32) -> *const c_char {
+pub extern "C" fn axalloc_status_str(status: axalloc_status_t) -> *const c_char {
     let s: &'static core::ffi::CStr = match status {
-        0 => c"AXALLOC_OK",
-        -1 => c"AXALLOC_ERR_INVALID",
-        -2 => c"AXALLOC_ERR_NO_MEMORY",
-        -3 => c"AXALLOC_ERR_EXISTS",
-        -4 => c"AXALLOC_ERR_NOT_MAPPED",
-        -5 => c"AXALLOC_ERR_ACCESS",
-        -6 => c"AXALLOC_ERR_UNSUPPORTED",
-        -7 => c"AXALLOC_ERR_INTERNAL",
-        -10 => c"AXALLOC_ERR_BUSY",
+        AXALLOC_OK => c"AXALLOC_OK",
+        AXALLOC_ERR_INVALID => c"AXALLOC_ERR_INVALID",
+        AXALLOC_ERR_NO_MEMORY => c"AXALLOC_ERR_NO_MEMORY",
+        AXALLOC_ERR_EXISTS => c"AXALLOC_ERR_EXISTS",
+        AXALLOC_ERR_NOT_MAPPED => c"AXALLOC_ERR_NOT_MAPPED",
+        AXALLOC_ERR_ACCESS => c"AXALLOC_ERR_ACCESS",
+        AXALLOC_ERR_UNSUPPORTED => c"AXALLOC_ERR_UNSUPPORTED",
+        AXALLOC_ERR_INTERNAL => c"AXALLOC_ERR_INTERNAL",
+        AXALLOC_ERR_HOOK => c"AXALLOC_ERR_HOOK",
+        AXALLOC_ERR_LIMIT => c"AXALLOC_ERR_LIMIT",
+        AXALLOC_ERR_BUSY => c"AXALLOC_ERR_BUSY",
         _ => c"AXALLOC_ERR_UNKNOWN",
     };
     s.as_ptr()
+}
+
+/// The library's version, encoded as `AXALLOC_VERSION` is:
+/// `(major << 16) | (minor << 8) | patch`. Equal to the header's
+/// `AXALLOC_VERSION` when header and archive come from the same build.
+/// Thread-safe; calls no hook. Returns no status.
+#[unsafe(no_mangle)]
+pub extern "C" fn axalloc_version() -> u32 {
+    VERSION
 }
 
 /// Creates an address space: validates `cfg` and `hooks`, takes one frame for
 /// its own state and one for the root table (both through `alloc_frame`).
 ///
 /// - `cfg`, `hooks`, `as_out`: non-NULL; `cfg` and `hooks` are copied.
+/// - `struct_size` (first field of both structs): `sizeof` of the caller's
+///   struct. The library reads exactly that many bytes. Smaller than this
+///   version's struct (which is the first version) or above 4096: INVALID.
+///   Larger (a newer header): accepted if every byte past the fields this
+///   version knows is 0, else UNSUPPORTED — nothing is ignored silently.
 /// - On success `*as_out` is the new handle, owned by the caller until
 ///   `axalloc_as_destroy`.
-/// - Errors: `AXALLOC_ERR_INVALID` (NULL, unknown format or flag bits, window
-///   unaligned / empty / overflowing / beyond 48 bits, a required hook NULL,
-///   `free_contig` given without `alloc_contig` or the reverse),
-///   `AXALLOC_ERR_NO_MEMORY`. On error `*as_out` is untouched and no frame is
-///   held.
+///
+/// Returns:
+/// - `AXALLOC_OK`.
+/// - `AXALLOC_ERR_INVALID`: a NULL pointer; a bad `struct_size`; `format`
+///   not one of `AXALLOC_FORMAT_*` (a flag given as a format included);
+///   `flags` with a bit outside the known `AXALLOC_CFG_*` (a map flag given
+///   as a config flag included); the window unaligned, empty, overflowing or
+///   beyond 48 bits; `linear_offset` unaligned, or non-zero without
+///   `AXALLOC_CFG_LINEAR_MAP`; a required hook NULL; `free_contig` given
+///   without `alloc_contig` or the reverse.
+/// - `AXALLOC_ERR_UNSUPPORTED`: a reserved `AXALLOC_CFG_*` flag
+///   (`RISCV_SVPBMT`, `HW_AD`, `ARM_S2FWB`), a non-zero `reserved` field, or
+///   a non-zero unknown tail of a larger struct.
+/// - `AXALLOC_ERR_NO_MEMORY`: `alloc_frame` failed.
+/// - `AXALLOC_ERR_HOOK`: `alloc_frame` gave a misaligned / too-high frame,
+///   or `phys_to_virt` returned NULL or a misaligned pointer.
+///
+/// On error `*as_out` is untouched and no frame is held. Hooks called:
+/// `alloc_frame`, `phys_to_virt`, and `free_frame` on error; no lock exists
+/// yet.
 ///
 /// # Safety
-/// Pointers valid as described; hooks honour `axalloc_hooks_t`'s contract.
+/// Pointers valid as described (`struct_size` readable bytes each); hooks
+/// honour `axalloc_hooks_t`'s contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn axalloc_as_create(
     cfg: *const axalloc_config_t,
@@ -269,15 +499,28 @@ pub unsafe extern "C" fn axalloc_as_create(
     if cfg.is_null() || hooks.is_null() || as_out.is_null() {
         return AXALLOC_ERR_INVALID;
     }
-    // SAFETY: non-NULL, and valid for reads per the contract.
-    let (cfg, hooks) = unsafe { (cfg.read(), hooks.read()) };
+    // The first version of each struct is this one: nothing smaller exists.
+    // SAFETY: non-NULL, `struct_size` readable bytes per the contract; all
+    // fields (integers, raw pointers, optional function pointers) are valid
+    // all-zero.
+    let read = unsafe {
+        read_sized(cfg, core::mem::size_of::<axalloc_config>())
+            .and_then(|c| read_sized(hooks, core::mem::size_of::<axalloc_hooks>()).map(|h| (c, h)))
+    };
+    let (cfg, hooks) = match read {
+        Ok(x) => x,
+        Err(st) => return st,
+    };
     let format = match cfg.format {
         AXALLOC_FORMAT_X86_EPT => FormatKind::X86Ept,
         AXALLOC_FORMAT_X86_NPT => FormatKind::X86Npt,
         _ => return AXALLOC_ERR_INVALID,
     };
-    if cfg.flags & !CFG_ALL != 0 {
+    if cfg.flags & !(CFG_KNOWN | CFG_RESERVED) != 0 {
         return AXALLOC_ERR_INVALID;
+    }
+    if cfg.flags & CFG_RESERVED != 0 || cfg.reserved != 0 || hooks.reserved != 0 {
+        return AXALLOC_ERR_UNSUPPORTED;
     }
     let config = Config {
         format,
@@ -308,12 +551,14 @@ pub unsafe extern "C" fn axalloc_as_create(
 
 /// Destroys an address space: calls `flush_tlb` once over the whole window
 /// (translations cached under this root must not outlive it), then gives
-/// every frame the library
-/// obtained back through `free_frame`, exactly once. `as` may be NULL (no-op).
-/// No hook of this address space is called after it returns.
+/// every frame the library obtained back through `free_frame`, exactly
+/// once. `as` may be NULL (no-op). No hook of this address space is called
+/// after it returns. Returns no status (it cannot fail).
 ///
 /// Not thread-safe: no other call on `as` may be in progress or follow. The
-/// hypervisor must have stopped every vCPU using the table.
+/// hypervisor must have stopped every vCPU using the table. Hooks called:
+/// `flush_tlb`, `phys_to_virt` (walking the table), `free_frame`; no lock
+/// is contended.
 ///
 /// # Safety
 /// `as` is NULL or a live handle from `axalloc_as_create`.
@@ -325,9 +570,10 @@ pub unsafe extern "C" fn axalloc_as_destroy(r#as: *mut axalloc_as_t) {
     }
 }
 
-/// Host-physical address of the root table, for the hardware pointer (EPTP,
-/// nCR3, ...; the caller adds the format's control bits). Constant for the
-/// life of the address space; 0 if `as` is NULL. Thread-safe.
+/// Host-physical address of the root table, for the hardware pointer: EPTP
+/// = root | 0x1e (see `AXALLOC_FORMAT_X86_EPT`), nCR3 = root (see
+/// `AXALLOC_FORMAT_X86_NPT`). Constant for the life of the address space;
+/// 0 if `as` is NULL. Returns no status. Thread-safe; no lock, no hook.
 ///
 /// # Safety
 /// `as` is NULL or a live handle.
@@ -336,8 +582,12 @@ pub unsafe extern "C" fn axalloc_as_root(r#as: *const axalloc_as_t) -> u64 {
     space(r#as).map_or(0, |s| s.root().as_u64())
 }
 
-/// Copies the counters into `*out`. Thread-safe.
-/// Errors: `AXALLOC_ERR_INVALID` if `as` or `out` is NULL.
+/// Copies the counters into `*out`. Thread-safe; takes the shared lock
+/// briefly; calls no hook but `relax` while it waits.
+///
+/// Returns:
+/// - `AXALLOC_OK`.
+/// - `AXALLOC_ERR_INVALID`: `as` or `out` is NULL.
 ///
 /// # Safety
 /// `as` is NULL or a live handle; `out` is NULL or writable.
@@ -376,13 +626,21 @@ pub unsafe extern "C" fn axalloc_as_stats(
 /// `axalloc_as_destroy` gives back the rest. The reserve's size is
 /// `axalloc_stats_t.reserve_frames`; its frames count in no other field.
 ///
-/// - Errors: `AXALLOC_ERR_INVALID` (NULL `as`), `AXALLOC_ERR_NO_MEMORY`
-///   (`alloc_frame` failed before the reserve reached `frames`: the frames
-///   obtained so far are kept in the reserve — unlike every other call, this
-///   one is not all-or-nothing, since a partly filled reserve is useful).
-/// - Thread-safe, concurrent with every call but `axalloc_as_destroy`; takes
-///   no lock (the reserve is a lock-free stack); calls `alloc_frame`,
-///   `phys_to_virt` and `free_frame`.
+/// Returns:
+/// - `AXALLOC_OK`.
+/// - `AXALLOC_ERR_INVALID`: `as` is NULL.
+/// - `AXALLOC_ERR_NO_MEMORY`: `alloc_frame` failed before the reserve
+///   reached `frames`. The frames obtained so far are kept in the reserve —
+///   unlike every other call, this one is not all-or-nothing, since a
+///   partly filled reserve is useful.
+/// - `AXALLOC_ERR_HOOK`: a hook broke its contract (a bad frame or
+///   `phys_to_virt` pointer); the frame concerned was given back, the
+///   frames reserved before it are kept, as with NO_MEMORY.
+/// - `AXALLOC_ERR_INTERNAL`: a broken invariant (a bug).
+///
+/// Thread-safe, concurrent with every call but `axalloc_as_destroy`; takes
+/// no lock (the reserve is a lock-free stack); calls `alloc_frame`,
+/// `phys_to_virt` and `free_frame`.
 ///
 /// # Safety
 /// `as` is NULL or a live handle.
@@ -399,20 +657,31 @@ pub unsafe extern "C" fn axalloc_reserve(r#as: *mut axalloc_as_t, frames: u64) -
 /// - `populate = true`: allocates, zeroes and maps every page now, all or
 ///   nothing. `populate = false`: records the region; each page gets a zeroed
 ///   frame on its first `axalloc_handle_fault` (or `axalloc_write`).
-/// - `flags`: `AXALLOC_READ` required, plus any of WRITE, EXEC, DEVICE.
-/// - Errors: `AXALLOC_ERR_INVALID` (NULL, unaligned, empty, overflowing,
-///   outside the window, no READ, unknown bits), `AXALLOC_ERR_EXISTS`
-///   (overlaps a region), `AXALLOC_ERR_NO_MEMORY` (a hook could not supply
-///   a frame, or the address space already holds its maximum of 6,528
-///   regions; everything this call took has been given back and the address
-///   space is exactly as before).
+/// - `flags`: map flags, `AXALLOC_READ` required, plus any of WRITE, EXEC,
+///   DEVICE.
+///
+/// Returns:
+/// - `AXALLOC_OK`.
+/// - `AXALLOC_ERR_INVALID`: NULL `as`; `gpa` or `size` unaligned; `size` 0;
+///   the range overflows or leaves the window; `flags` without READ or with
+///   a bit outside the map flags (a config flag included).
+/// - `AXALLOC_ERR_EXISTS`: the range overlaps a region.
 /// - `AXALLOC_ERR_BUSY`: a map/unmap/write-populate in flight overlaps the
-///   range (nothing changed; retry after it returns).
-/// - Locks: takes the exclusive side twice, briefly (claim + bookkeeping;
-///   commit); with `populate`, allocates (`alloc_frame`) and zeroes with no
-///   lock held, so faults elsewhere go on. A fault inside the range before
-///   the call returns is spurious (`AXALLOC_OK`; the guest re-faults). Never
-///   calls `flush_tlb`; `free_frame` only on failure, with no lock held.
+///   range (retry after it returns).
+/// - `AXALLOC_ERR_LIMIT`: the address space already holds its maximum of
+///   6,528 regions.
+/// - `AXALLOC_ERR_NO_MEMORY`: `alloc_frame` failed.
+/// - `AXALLOC_ERR_HOOK`: a hook broke its contract.
+/// - `AXALLOC_ERR_INTERNAL`: a broken invariant (a bug).
+///
+/// On every error everything this call took has been given back and the
+/// address space is exactly as before.
+///
+/// Locks: takes the exclusive side twice, briefly (claim + bookkeeping;
+/// commit); with `populate`, allocates (`alloc_frame`) and zeroes with no
+/// lock held, so faults elsewhere go on. A fault inside the range before
+/// the call returns is spurious (`AXALLOC_OK`; the guest re-faults). Never
+/// calls `flush_tlb`; `free_frame` only on failure, with no lock held.
 ///
 /// # Safety
 /// `as` is NULL or a live handle.
@@ -436,10 +705,16 @@ pub unsafe extern "C" fn axalloc_map_alloc(
 /// `AXALLOC_CFG_NO_HUGE_1G`). Takes table frames only; the host keeps owning
 /// the linear memory, which is never given to `free_frame`.
 ///
-/// - Errors: as `axalloc_map_alloc`, plus `AXALLOC_ERR_INVALID` for an
-///   unaligned `hpa` or one whose range passes 2^52.
-/// - `AXALLOC_ERR_BUSY` as `axalloc_map_alloc`. Locks as a populating
-///   `axalloc_map_alloc`. Never calls `flush_tlb`.
+/// Returns:
+/// - `AXALLOC_OK`.
+/// - `AXALLOC_ERR_INVALID`: as `axalloc_map_alloc`, plus an unaligned `hpa`
+///   or one whose range passes 2^52.
+/// - `AXALLOC_ERR_EXISTS`, `AXALLOC_ERR_BUSY`, `AXALLOC_ERR_LIMIT`,
+///   `AXALLOC_ERR_NO_MEMORY` (a table frame), `AXALLOC_ERR_HOOK`,
+///   `AXALLOC_ERR_INTERNAL`: as `axalloc_map_alloc`.
+///
+/// Nothing changed on error. Locks as a populating `axalloc_map_alloc`.
+/// Never calls `flush_tlb`.
 ///
 /// # Safety
 /// `as` is NULL or a live handle.
@@ -462,16 +737,25 @@ pub unsafe extern "C" fn axalloc_map_linear(
 /// split. Calls `flush_tlb` at most once, covering every removed present
 /// entry, and only then gives removed frames and emptied table frames back.
 ///
-/// - Errors: `AXALLOC_ERR_INVALID` (NULL, unaligned, empty, overflowing,
-///   outside the window), `AXALLOC_ERR_NO_MEMORY` (a split or a region split
-///   needed a frame and none came; nothing changed).
+/// Returns:
+/// - `AXALLOC_OK` (also when no region lies in the range).
+/// - `AXALLOC_ERR_INVALID`: NULL `as`; unaligned, empty, overflowing, or
+///   outside the window.
 /// - `AXALLOC_ERR_BUSY`: another map/unmap/write-populate in flight overlaps
-///   the range or the table spans it would free (nothing changed; retry).
-/// - Locks: the exclusive side for the edge splits (`alloc_frame` for the
-///   few tables they need) and the detach, which yields to waiting vCPUs
-///   every few dozen entries; `flush_tlb` and every `free_frame` run after it
-///   is released. Meanwhile faults on the range report `NOT_MAPPED`, and
-///   faults that meet a table being freed are spurious (`AXALLOC_OK`).
+///   the range or the table spans it would free (retry).
+/// - `AXALLOC_ERR_LIMIT`: the range lies strictly inside a region, splitting
+///   it needs one more region, and the space holds its maximum.
+/// - `AXALLOC_ERR_NO_MEMORY`: a huge-leaf split or a region split needed a
+///   frame and `alloc_frame` failed.
+/// - `AXALLOC_ERR_HOOK`: a hook broke its contract.
+/// - `AXALLOC_ERR_INTERNAL`: a broken invariant (a bug).
+///
+/// Nothing changed on error. Locks: the exclusive side for the edge splits
+/// (`alloc_frame` for the few tables they need) and the detach, which
+/// yields to waiting vCPUs every few dozen entries; `flush_tlb` and every
+/// `free_frame` run after it is released. Meanwhile faults on the range
+/// report `NOT_MAPPED`, and faults that meet a table being freed are
+/// spurious (`AXALLOC_OK`).
 ///
 /// # Safety
 /// `as` is NULL or a live handle.
@@ -488,29 +772,32 @@ pub unsafe extern "C" fn axalloc_unmap(
 }
 
 /// Resolves a stage-2 fault at `gpa` (any byte of the page) for `access`, a
-/// non-empty subset of `AXALLOC_READ | AXALLOC_WRITE | AXALLOC_EXEC`.
+/// non-empty subset of `AXALLOC_READ | AXALLOC_WRITE | AXALLOC_EXEC` — the
+/// EPT exit qualification's `qual & 7`, or derived from NPT's EXITINFO1 as
+/// `AXALLOC_READ` describes.
 ///
-/// Checked in this order:
-/// - no region covers `gpa` → `AXALLOC_ERR_NOT_MAPPED` (the MMIO path);
-/// - the region does not allow `access` → `AXALLOC_ERR_ACCESS`, even if the
-///   page is present;
-/// - the page is present and its entry allows `access` → `AXALLOC_OK`,
-///   nothing allocated (spurious: another vCPU won, or a stale TLB entry);
-///   present but its entry does not allow `access` → `AXALLOC_ERR_ACCESS`
-///   (answering OK would make the guest fault forever);
-/// - another operation is changing the entry right now (map commit, unmap
-///   reclaim: a *frozen* entry) → `AXALLOC_OK` at once, nothing allocated:
-///   the guest re-faults; the call never spins waiting for it;
-/// - otherwise a zeroed frame is installed → `AXALLOC_OK`;
-///   `AXALLOC_ERR_NO_MEMORY` if `alloc_frame` fails (nothing changed).
+/// Returns, checked in this order:
+/// - `AXALLOC_ERR_INVALID`: NULL `as`; `access` 0 or with a bit outside
+///   READ|WRITE|EXEC (DEVICE and config flags included).
+/// - `AXALLOC_ERR_NOT_MAPPED`: no region covers `gpa` (the MMIO path).
+/// - `AXALLOC_ERR_ACCESS`: the region does not allow `access`, even if the
+///   page is present; or the page is present but its entry does not allow
+///   `access` (answering OK would make the guest fault forever).
+/// - `AXALLOC_OK`: the page is present and allows `access` (spurious:
+///   another vCPU won, or a stale TLB entry; nothing allocated); or another
+///   operation is changing the entry right now (map commit, unmap reclaim:
+///   a *frozen* entry) — the guest re-faults, the call never spins waiting;
+///   or a zeroed frame was installed.
+/// - `AXALLOC_ERR_NO_MEMORY`: `alloc_frame` failed (nothing changed).
+/// - `AXALLOC_ERR_HOOK`: a hook broke its contract (nothing changed).
+/// - `AXALLOC_ERR_INTERNAL`: a broken invariant (a bug).
 ///
 /// A present page is never replaced by another frame. Thread-safe and
 /// concurrent: faults from many vCPUs proceed in parallel under the shared
-/// lock (`alloc_frame` may run under it; a frame or table that lost a race
-/// goes back through `free_frame` after it is released); faults on the same
-/// page produce exactly one frame. The frame is zeroed with ordinary stores,
-/// so it is in the cache when the guest touches it. `AXALLOC_ERR_INVALID` for NULL or a bad
-/// `access`.
+/// lock (`alloc_frame` and `phys_to_virt` may run under it; a frame or table
+/// that lost a race goes back through `free_frame` after it is released);
+/// faults on the same page produce exactly one frame. The frame is zeroed
+/// with ordinary stores, so it is in the cache when the guest touches it.
 ///
 /// # Safety
 /// `as` is NULL or a live handle.
@@ -529,10 +816,18 @@ pub unsafe extern "C" fn axalloc_handle_fault(
 /// Translates `gpa`: writes the host-physical address it maps to (page offset
 /// included) to `*hpa_out` and the size of the leaf mapping it (4096,
 /// 2 MiB or 1 GiB) to `*page_size_out`. Either out pointer may be NULL.
+/// To tell "no region" from "lazy page never touched", use `axalloc_query`.
 ///
-/// Errors: `AXALLOC_ERR_INVALID` (NULL `as`), `AXALLOC_ERR_NOT_MAPPED`
-/// (nothing present there — a never-touched lazy page included; outputs
-/// untouched). Thread-safe, concurrent.
+/// Returns:
+/// - `AXALLOC_OK`.
+/// - `AXALLOC_ERR_INVALID`: NULL `as`.
+/// - `AXALLOC_ERR_NOT_MAPPED`: nothing present there — no region, or a
+///   never-touched lazy page; outputs untouched.
+/// - `AXALLOC_ERR_HOOK`: `phys_to_virt` broke its contract on the walk.
+/// - `AXALLOC_ERR_INTERNAL`: a broken invariant (a bug).
+///
+/// Thread-safe, concurrent; the shared lock; calls `phys_to_virt` (without
+/// `AXALLOC_CFG_LINEAR_MAP`) and `relax`.
 ///
 /// # Safety
 /// `as` is NULL or a live handle; the out pointers are NULL or writable.
@@ -572,8 +867,16 @@ pub unsafe extern "C" fn axalloc_translate(
 /// address than `axalloc_translate` for batches (IOMMU mirroring, migration,
 /// DMA scatter lists). The results are a snapshot under the lock.
 ///
-/// Errors: `AXALLOC_ERR_INVALID` (NULL `as`; NULL `gpas` or `hpas` with
-/// `n > 0`). `n == 0` returns `AXALLOC_OK`. Thread-safe, concurrent.
+/// Returns:
+/// - `AXALLOC_OK` (`n == 0` included).
+/// - `AXALLOC_ERR_INVALID`: NULL `as`; NULL `gpas` or `hpas` with `n > 0`;
+///   `n` too large for the address space of the host.
+/// - `AXALLOC_ERR_HOOK`: `phys_to_virt` broke its contract on a walk (the
+///   outputs are then partly written).
+/// - `AXALLOC_ERR_INTERNAL`: a broken invariant (a bug).
+///
+/// Thread-safe, concurrent; the shared lock; calls `phys_to_virt` (without
+/// `AXALLOC_CFG_LINEAR_MAP`) and `relax`.
 ///
 /// # Safety
 /// `as` is NULL or a live handle; `gpas` has `n` readable elements, `hpas`
@@ -641,12 +944,22 @@ fn buffer_mut<'a>(buf: *mut c_void, len: usize) -> Option<&'a mut [u8]> {
 }
 
 /// Copies `len` bytes of guest memory at `gpa` into `buf`, as the hypervisor
-/// (the guest's R/W/X flags do not apply). The whole range must lie in
-/// regions, else `AXALLOC_ERR_NOT_MAPPED` and nothing is copied; a DEVICE
-/// region in it gives `AXALLOC_ERR_ACCESS`. Never-touched lazy pages read as
-/// zeros, without allocating. `len == 0` returns `AXALLOC_OK`.
-/// `AXALLOC_ERR_INVALID` for NULL `as`, NULL `buf` with `len > 0`, or an
-/// overflowing range. Thread-safe, concurrent.
+/// (the guest's R/W/X flags do not apply). Never-touched lazy pages read as
+/// zeros, without allocating.
+///
+/// Returns:
+/// - `AXALLOC_OK` (`len == 0` included).
+/// - `AXALLOC_ERR_INVALID`: NULL `as`; NULL `buf` with `len > 0`; the range
+///   overflows.
+/// - `AXALLOC_ERR_NOT_MAPPED`: part of the range lies in no region (nothing
+///   is copied).
+/// - `AXALLOC_ERR_ACCESS`: a DEVICE region lies in the range.
+/// - `AXALLOC_ERR_HOOK`: `phys_to_virt` broke its contract (`buf` may be
+///   partly written).
+/// - `AXALLOC_ERR_INTERNAL`: a broken invariant (a bug).
+///
+/// Thread-safe, concurrent; the shared lock; calls `phys_to_virt` and
+/// `relax`.
 ///
 /// # Safety
 /// `as` is NULL or a live handle; `buf` has `len` writable bytes.
@@ -664,12 +977,25 @@ pub unsafe extern "C" fn axalloc_read(
 }
 
 /// Copies `len` bytes from `buf` into guest memory at `gpa`, as the
-/// hypervisor. Range rules and errors as `axalloc_read`. Never-touched lazy
-/// pages in the range are populated first (zeroed, all or nothing:
-/// `AXALLOC_ERR_NO_MEMORY` leaves the address space as before and copies
-/// nothing). Thread-safe and concurrent: runs under the shared lock, also
-/// while it populates (so a concurrent map/unmap waits for that, and faults
-/// on the pages being populated are spurious until it commits).
+/// hypervisor. Never-touched lazy pages in the range are populated first
+/// (zeroed, all or nothing).
+///
+/// Returns:
+/// - `AXALLOC_OK` (`len == 0` included).
+/// - `AXALLOC_ERR_INVALID`, `AXALLOC_ERR_NOT_MAPPED`, `AXALLOC_ERR_ACCESS`:
+///   as `axalloc_read`.
+/// - `AXALLOC_ERR_NO_MEMORY`: populating a lazy page failed; the address
+///   space is as before and nothing was copied.
+/// - `AXALLOC_ERR_HOOK`: a hook broke its contract while populating (as
+///   NO_MEMORY: nothing changed) or while copying (the lazy pages are
+///   populated by then, and the range may be partly written).
+/// - `AXALLOC_ERR_INTERNAL`: a broken invariant (a bug).
+///
+/// Thread-safe and concurrent: runs under the shared lock, also while it
+/// populates (so a concurrent map/unmap waits for that, and faults on the
+/// pages being populated are spurious until it commits); calls
+/// `alloc_frame`, `phys_to_virt`, `relax`, and `free_frame` (under the
+/// shared lock, only when populating fails).
 ///
 /// # Safety
 /// `as` is NULL or a live handle; `buf` has `len` readable bytes.
@@ -684,4 +1010,121 @@ pub unsafe extern "C" fn axalloc_write(
         return AXALLOC_ERR_INVALID;
     };
     status(s.write(gpa, b))
+}
+
+fn mapping_of(region: Option<Found>) -> axalloc_mapping {
+    let Some((r, leaf)) = region else {
+        return axalloc_mapping::default();
+    };
+    let (present, hpa, page_size) = leaf.map_or((0, 0, 0), |(h, sz)| (1, h.as_u64(), sz as u64));
+    axalloc_mapping {
+        kind: match r.backend {
+            Backend::Alloc => AXALLOC_REGION_ALLOC,
+            Backend::Linear { .. } => AXALLOC_REGION_LINEAR,
+        },
+        flags: r.flags.bits(),
+        region_base: r.start.as_u64(),
+        region_size: r.size() as u64,
+        present,
+        reserved: 0,
+        hpa,
+        page_size,
+    }
+}
+
+/// Looks inside: what covers `gpa` — the region (kind, base, size, flags)
+/// and whether a leaf maps `gpa` now (present; then the host-physical
+/// address of `gpa` itself, page offset included, and the leaf size). Unlike
+/// `axalloc_translate`, it tells "no region" (kind `AXALLOC_REGION_NONE`)
+/// from "region, page not present" (a lazy page never touched).
+///
+/// A snapshot under the shared lock: regions being mapped by a call still
+/// in flight (claimed, not committed) are not visible yet, and neither are
+/// pages of a populate that has not committed.
+///
+/// Returns:
+/// - `AXALLOC_OK`, also when no region covers `gpa` (outside the window
+///   included): `*out` then has kind `AXALLOC_REGION_NONE` and every field 0.
+/// - `AXALLOC_ERR_INVALID`: `as` or `out` is NULL.
+/// - `AXALLOC_ERR_HOOK`: `phys_to_virt` broke its contract on the walk.
+/// - `AXALLOC_ERR_INTERNAL`: a broken invariant (a bug).
+///
+/// `*out` is written only with `AXALLOC_OK`. Thread-safe, concurrent; the
+/// shared lock; calls `phys_to_virt` (without `AXALLOC_CFG_LINEAR_MAP`) and
+/// `relax`.
+///
+/// # Safety
+/// `as` is NULL or a live handle; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn axalloc_query(
+    r#as: *const axalloc_as_t,
+    gpa: u64,
+    out: *mut axalloc_mapping_t,
+) -> axalloc_status_t {
+    let Some(s) = space(r#as) else {
+        return AXALLOC_ERR_INVALID;
+    };
+    if out.is_null() {
+        return AXALLOC_ERR_INVALID;
+    }
+    match s.query(gpa) {
+        Ok(found) => {
+            // SAFETY: non-NULL and writable per the contract.
+            unsafe { out.write(mapping_of(found)) };
+            AXALLOC_OK
+        }
+        Err(e) => e.into(),
+    }
+}
+
+/// Iterates regions in address order: fills `*out` for the first region
+/// that ends after `gpa` (the one containing `gpa`, else the next one
+/// above), exactly as `axalloc_query(as, region_base, out)` would — so
+/// `present`, `hpa` and `page_size` describe the region's first page. Start
+/// with `gpa = 0` and continue with `region_base + region_size`:
+///
+/// ```c
+/// axalloc_mapping_t m;
+/// for (uint64_t g = 0; axalloc_region_next(as, g, &m) == AXALLOC_OK;
+///      g = m.region_base + m.region_size) { ... }
+/// ```
+///
+/// For save/restore, debugging and IOMMU mirroring. Each call is a
+/// snapshot under the shared lock; regions being mapped (claimed, not
+/// committed) are not visible.
+///
+/// Returns:
+/// - `AXALLOC_OK`.
+/// - `AXALLOC_ERR_INVALID`: `as` or `out` is NULL.
+/// - `AXALLOC_ERR_NOT_MAPPED`: no region ends after `gpa` (the iteration
+///   is over); `*out` untouched.
+/// - `AXALLOC_ERR_HOOK`: `phys_to_virt` broke its contract on the walk.
+/// - `AXALLOC_ERR_INTERNAL`: a broken invariant (a bug).
+///
+/// Thread-safe, concurrent; the shared lock; calls `phys_to_virt` (without
+/// `AXALLOC_CFG_LINEAR_MAP`) and `relax`.
+///
+/// # Safety
+/// `as` is NULL or a live handle; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn axalloc_region_next(
+    r#as: *const axalloc_as_t,
+    gpa: u64,
+    out: *mut axalloc_mapping_t,
+) -> axalloc_status_t {
+    let Some(s) = space(r#as) else {
+        return AXALLOC_ERR_INVALID;
+    };
+    if out.is_null() {
+        return AXALLOC_ERR_INVALID;
+    }
+    match s.region_next(gpa) {
+        Ok(Some(found)) => {
+            // SAFETY: non-NULL and writable per the contract.
+            unsafe { out.write(mapping_of(Some(found))) };
+            AXALLOC_OK
+        }
+        Ok(None) => AXALLOC_ERR_NOT_MAPPED,
+        Err(e) => e.into(),
+    }
 }

@@ -9,8 +9,16 @@ pub enum Error {
     /// A bad argument: NULL, unaligned, empty, overflowing, outside the window,
     /// unknown flag bits.
     Invalid,
-    /// A hook could not supply a frame (or a bookkeeping limit was reached).
+    /// A hook could not supply a frame (`alloc_frame` returned non-zero).
     NoMemory,
+    /// A documented limit of the library was reached (the regions one
+    /// address space can hold), not a shortage of frames.
+    Limit,
+    /// A hook broke its contract: `phys_to_virt` returned NULL or a pointer
+    /// that is not page-aligned for a frame, `alloc_frame` / `alloc_contig`
+    /// returned a misaligned frame or one at or beyond 2^52. What the call
+    /// obtained has been given back; the address space is as before.
+    Hook,
     /// The range overlaps an existing region.
     Exists,
     /// No region covers the address, or nothing is present there.
@@ -25,8 +33,8 @@ pub enum Error {
     /// Retry once it has returned — the library never waits for it, since it
     /// may be waiting for this CPU (a TLB-flush IPI).
     Busy,
-    /// An internal invariant broke (e.g. a hook returned NULL from
-    /// `phys_to_virt`, or the table holds an entry no region explains).
+    /// An internal invariant broke (e.g. the table holds an entry no region
+    /// explains).
     Internal,
 }
 

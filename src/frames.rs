@@ -104,17 +104,19 @@ impl<'a> Frames<'a> {
     }
 
     /// A table frame whose every entry is empty (ordinary stores: the walker
-    /// writes it next).
+    /// writes it next). Always written, also with `AXALLOC_CFG_FRAMES_ZEROED`:
+    /// that flag speaks of guest frames only, and a table frame of garbage
+    /// would read as present entries (tables are few; the cost is nil).
     pub fn alloc_table(&self) -> Result<Hpa> {
         let empty = self.empty;
-        let hpa = self.alloc_filled(empty == 0 && self.frames_zeroed, |p| {
+        let hpa = self.alloc_filled(false, |p| {
             if empty == 0 {
                 // SAFETY: a fresh frame of ours that nothing maps yet.
                 unsafe { zero::zero_frame(p) }
             } else {
                 let entries = p.cast::<u64>().as_ptr();
                 for i in 0..FRAME_SIZE / 8 {
-                    // SAFETY: inside the fresh, 8-byte aligned frame (checked
+                    // SAFETY: inside the fresh, page-aligned frame (checked
                     // by `Hooks::virt`) that nothing else references.
                     unsafe { entries.add(i).write(empty) };
                 }
@@ -152,11 +154,11 @@ impl<'a> Frames<'a> {
     /// A frame from the zeroed reserve comes first: no zeroing, no hook call.
     #[inline]
     pub fn alloc_guest(&self) -> Result<Hpa> {
-        if let Some(r) = self.reserve {
-            if let Some(hpa) = r.pop(self.hooks)? {
-                self.guests.set(self.guests.get() + 1);
-                return Ok(hpa);
-            }
+        if let Some(r) = self.reserve
+            && let Some(hpa) = r.pop(self.hooks)?
+        {
+            self.guests.set(self.guests.get() + 1);
+            return Ok(hpa);
         }
         let hpa = self.alloc_filled(self.frames_zeroed, |p| {
             // SAFETY: a fresh frame of ours that nothing maps yet.

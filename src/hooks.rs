@@ -80,7 +80,7 @@ impl Hooks {
     /// Obtains one 4 KiB frame (contents unspecified).
     ///
     /// A frame that is not 4 KiB aligned or lies beyond 52 bits is handed
-    /// straight back and counts as a failed allocation.
+    /// straight back: the host broke the hook's contract ([`Error::Hook`]).
     #[inline(always)]
     pub fn alloc_frame(&self) -> Result<Hpa> {
         let mut hpa = 0u64;
@@ -90,11 +90,11 @@ impl Hooks {
         if rc != 0 {
             return Err(Error::NoMemory);
         }
-        if hpa % FRAME_SIZE as u64 != 0 || hpa >= HPA_LIMIT {
+        if !hpa.is_multiple_of(FRAME_SIZE as u64) || hpa >= HPA_LIMIT {
             // SAFETY: the host just gave us this value as a frame; returning
             // it unused is the only sensible thing to do with it.
             unsafe { (self.free_frame)(self.ctx, hpa) };
-            return Err(Error::NoMemory);
+            return Err(Error::Hook);
         }
         Ok(Hpa::from_u64(hpa))
     }
@@ -123,10 +123,10 @@ impl Hooks {
             return Err(Error::NoMemory);
         }
         let bytes = (FRAME_SIZE as u64) << order;
-        if hpa % bytes != 0 || hpa.checked_add(bytes).is_none_or(|end| end > HPA_LIMIT) {
+        if !hpa.is_multiple_of(bytes) || hpa.checked_add(bytes).is_none_or(|end| end > HPA_LIMIT) {
             // SAFETY: hand back what the host just gave us, unused.
             unsafe { free(self.ctx, hpa, order) };
-            return Err(Error::NoMemory);
+            return Err(Error::Hook);
         }
         Ok(Hpa::from_u64(hpa))
     }
@@ -157,7 +157,7 @@ impl Hooks {
     pub fn virt(&self, hpa: Hpa) -> Result<NonNull<u8>> {
         match self.linear_offset {
             Some(offset) => {
-                NonNull::new(hpa.as_usize().wrapping_add(offset) as *mut u8).ok_or(Error::Internal)
+                NonNull::new(hpa.as_usize().wrapping_add(offset) as *mut u8).ok_or(Error::Hook)
             }
             None => self.virt_hook(hpa),
         }
@@ -165,16 +165,18 @@ impl Hooks {
 
     /// The host's virtual address of any host-physical page (also the
     /// passthrough ranges of linear regions, which no direct map promise
-    /// covers): always `phys_to_virt`.
+    /// covers): always `phys_to_virt`. `hpa` is always a page's first byte:
+    /// NULL or a pointer that is not page-aligned breaks the hook's contract
+    /// ([`Error::Hook`]).
     #[inline]
     pub fn virt_hook(&self, hpa: Hpa) -> Result<NonNull<u8>> {
         // SAFETY: valid hook per `from_c`; translating an address has no side
         // effects the library relies on.
         let p = unsafe { (self.phys_to_virt)(self.ctx, hpa.as_u64()) };
-        if (p as usize) % core::mem::align_of::<u64>() != 0 {
-            return Err(Error::Internal);
+        if !(p as usize).is_multiple_of(FRAME_SIZE) {
+            return Err(Error::Hook);
         }
-        NonNull::new(p.cast::<u8>()).ok_or(Error::Internal)
+        NonNull::new(p.cast::<u8>()).ok_or(Error::Hook)
     }
 
     /// One step of waiting for the lock: the host's `relax` hook (cpu_relax,

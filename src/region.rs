@@ -226,10 +226,10 @@ impl RegionSet {
         // region or frees a chunk clears it first (`invalidate`). Slots are
         // written only through `&mut self`, so none changes while `&self`
         // is borrowed.
-        if let Some(r) = unsafe { h.as_ref() } {
-            if r.contains(gpa) {
-                return Some(r);
-            }
+        if let Some(r) = unsafe { h.as_ref() }
+            && r.contains(gpa)
+        {
+            return Some(r);
         }
         let i = self.first_ending_after(gpa);
         if i >= self.len {
@@ -277,9 +277,11 @@ impl RegionSet {
     /// failure the caller gives the unneeded chunks back with
     /// [`RegionSet::shrink`].
     pub fn reserve(&mut self, hooks: &Hooks, extra: usize) -> Result {
-        let need = self.len.checked_add(extra).ok_or(Error::NoMemory)?;
+        // The directory is full: a limit of the library, not a shortage of
+        // frames (the host may have plenty).
+        let need = self.len.checked_add(extra).ok_or(Error::Limit)?;
         if need > MAX_REGIONS {
-            return Err(Error::NoMemory);
+            return Err(Error::Limit);
         }
         let chunks_needed = need.div_ceil(PER_CHUNK);
         let have = self.chunks.iter().take_while(|c| c.is_some()).count();

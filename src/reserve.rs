@@ -76,7 +76,7 @@ impl Reserve {
         // SAFETY: `hpa` is a frame the reserve holds (or held a moment ago: a
         // racing pop may have handed it out, in which case the value read is
         // discarded by the failing compare-exchange); `virt` returns an
-        // 8-byte aligned pointer to its first byte; access is atomic.
+        // page-aligned pointer to its first byte; access is atomic.
         Ok(unsafe { p.as_ref() })
     }
 

@@ -191,13 +191,13 @@ impl AddrSpace {
         config.validate()?;
         let home = hooks.alloc_frame()?;
         let ptr = match hooks.virt(home) {
-            Ok(p) if (p.as_ptr() as usize) % core::mem::align_of::<AddrSpace>() == 0 => {
+            Ok(p) if (p.as_ptr() as usize).is_multiple_of(core::mem::align_of::<AddrSpace>()) => {
                 p.cast::<AddrSpace>()
             }
             other => {
                 // SAFETY: obtained above and never shown to anyone.
                 unsafe { hooks.free_frame(home) };
-                return Err(other.err().unwrap_or(Error::Internal));
+                return Err(other.err().unwrap_or(Error::Hook));
             }
         };
         let counters = Counters::default();
@@ -396,7 +396,9 @@ impl AddrSpace {
     pub fn map_linear(&self, gpa: u64, hpa: u64, size: u64, flags: Flags) -> Result {
         let (start, end) = self.config.range(gpa, size)?;
         let hpa = hpa as usize;
-        if hpa % FRAME_SIZE != 0 || hpa.checked_add(size as usize).is_none_or(|e| e > HPA_LIMIT) {
+        if !hpa.is_multiple_of(FRAME_SIZE)
+            || hpa.checked_add(size as usize).is_none_or(|e| e > HPA_LIMIT)
+        {
             return Err(Error::Invalid);
         }
         let hpa = Hpa::from_usize(hpa);
@@ -833,4 +835,34 @@ impl AddrSpace {
         }
         Ok(())
     }
+
+    /// What covers `gpa`: its region, and the host address and leaf size
+    /// when a leaf maps it (`None` for a page not present). `None` when no
+    /// region covers it. A snapshot under the shared lock.
+    pub fn query(&self, gpa: u64) -> Result<Option<Found>> {
+        let m = self.lock_shared();
+        let gpa = Gpa::from_u64(gpa);
+        let Some(r) = m.regions.find(gpa) else {
+            return Ok(None);
+        };
+        let leaf = with_format!(self.config.format, F => self.translate_locked::<F>(gpa))?;
+        Ok(Some((r, leaf)))
+    }
+
+    /// The first region ending after `gpa`, with what maps its first page
+    /// (as [`AddrSpace::query`] of its start). A snapshot under the shared
+    /// lock; `None` when no region ends after `gpa`.
+    pub fn region_next(&self, gpa: u64) -> Result<Option<Found>> {
+        let m = self.lock_shared();
+        let regions = &m.regions;
+        let Some(r) = regions.get(regions.first_ending_after(Gpa::from_u64(gpa))) else {
+            return Ok(None);
+        };
+        let leaf = with_format!(self.config.format, F => self.translate_locked::<F>(r.start))?;
+        Ok(Some((r, leaf)))
+    }
 }
+
+/// What [`AddrSpace::query`] finds: the region, and the host address and
+/// leaf size when a leaf maps the address (`None`: not present).
+pub type Found = (Region, Option<(Hpa, usize)>);

@@ -55,7 +55,7 @@ pub unsafe fn zero_frame(frame: NonNull<u8>) {
 ///
 /// # Safety
 /// As [`zero_frame`], and `frame` is 8-byte aligned (frames are 4 KiB
-/// aligned in the host's view; `Hooks::virt` checks 8).
+/// aligned in the host's view; `Hooks::virt` checks that).
 #[inline]
 pub unsafe fn zero_frame_streaming(frame: NonNull<u8>) {
     #[cfg(all(target_arch = "x86_64", not(miri)))]

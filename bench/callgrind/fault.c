@@ -74,6 +74,7 @@ int main(int argc, char **argv) {
     nfree = POOL;
 
     axalloc_config_t cfg = {
+        .struct_size = sizeof(cfg),
         .format = AXALLOC_FORMAT_X86_EPT,
         .flags = AXALLOC_CFG_FRAMES_ZEROED | (linear ? AXALLOC_CFG_LINEAR_MAP : 0),
         .base = 0,
@@ -81,6 +82,7 @@ int main(int argc, char **argv) {
         .linear_offset = linear ? (uint64_t)(uintptr_t)mem - PHYS_BASE : 0,
     };
     axalloc_hooks_t hooks = {0};
+    hooks.struct_size = sizeof(hooks);
     hooks.alloc_frame = alloc_frame;
     hooks.free_frame = free_frame;
     hooks.phys_to_virt = phys_to_virt;

@@ -11,13 +11,15 @@ pub const WRITE: u32 = 1 << 1;
 pub const EXEC: u32 = 1 << 2;
 
 pub const FORMAT_X86_EPT: u32 = 1;
-pub const CFG_FRAMES_ZEROED: u32 = 1 << 0;
+pub const CFG_FRAMES_ZEROED: u32 = 1 << 8;
 pub const CFG_LINEAR_MAP: u32 = 1 << 13;
 
 #[repr(C)]
 pub struct Config {
+    pub struct_size: u32,
     pub format: u32,
     pub flags: u32,
+    pub reserved: u32,
     pub base: u64,
     pub size: u64,
     pub linear_offset: u64,
@@ -25,6 +27,8 @@ pub struct Config {
 
 #[repr(C)]
 pub struct Hooks {
+    pub struct_size: u32,
+    pub reserved: u32,
     pub ctx: *mut c_void,
     pub alloc_frame: Option<unsafe extern "C" fn(*mut c_void, *mut u64) -> i32>,
     pub free_frame: Option<unsafe extern "C" fn(*mut c_void, u64)>,
@@ -93,7 +97,15 @@ impl Space {
     }
     /// With `CFG_LINEAR_MAP` in `flags`: `linear_offset` = hva - hpa.
     pub fn create_linear(hooks: &Hooks, flags: u32, base: u64, size: u64, linear_offset: u64) -> Space {
-        let cfg = Config { format: FORMAT_X86_EPT, flags, base, size, linear_offset };
+        let cfg = Config {
+            struct_size: core::mem::size_of::<Config>() as u32,
+            format: FORMAT_X86_EPT,
+            flags,
+            reserved: 0,
+            base,
+            size,
+            linear_offset,
+        };
         let mut p = core::ptr::null_mut();
         // SAFETY: valid pointers; the hooks honour the header's contract.
         ok(unsafe { axalloc_as_create(&cfg, hooks, &mut p) }, "axalloc_as_create");

@@ -300,6 +300,8 @@ fn walk(map: &Mapping, root: u64, gpa: u64) -> Option<(u64, u64)> {
 
 fn ax_hooks(p: &Pool) -> Hooks {
     Hooks {
+        struct_size: core::mem::size_of::<Hooks>() as u32,
+        reserved: 0,
         ctx: p as *const Pool as *mut _,
         alloc_frame: Some(pool::hook_alloc),
         free_frame: Some(pool::hook_free),
@@ -876,6 +878,8 @@ impl Bench {
                     }
                     pool::set_thread_sub(0);
                     let hooks = Hooks {
+                        struct_size: core::mem::size_of::<Hooks>() as u32,
+                        reserved: 0,
                         ctx: mt as *const MtPool as *mut _,
                         alloc_frame: Some(pool::mt_hook_alloc),
                         free_frame: Some(pool::mt_hook_free),
@@ -1016,6 +1020,8 @@ impl Bench {
 
     fn mt_hooks(mt: &MtPool) -> Hooks {
         Hooks {
+            struct_size: core::mem::size_of::<Hooks>() as u32,
+            reserved: 0,
             ctx: mt as *const MtPool as *mut _,
             alloc_frame: Some(pool::mt_hook_alloc),
             free_frame: Some(pool::mt_hook_free),

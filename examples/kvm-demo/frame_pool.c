@@ -169,6 +169,7 @@ axalloc_hooks_t pool_hooks(struct frame_pool *p, bool with_flush)
 {
     axalloc_hooks_t h;
     memset(&h, 0, sizeof(h));
+    h.struct_size = sizeof(h);
     h.ctx = p;
     h.alloc_frame = hook_alloc_frame;
     h.free_frame = hook_free_frame;

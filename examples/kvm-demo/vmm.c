@@ -396,7 +396,7 @@ static int run_once(int kvm, const struct opts *o, bool eager, bool reserve, str
         goto out;
 
     /* The address space: the guest's own page table, window = lower half. */
-    axalloc_config_t cfg = { .format = AXALLOC_FORMAT_X86_NPT, .flags = AXALLOC_CFG_NO_HUGE_1G,
+    axalloc_config_t cfg = { .struct_size = sizeof(cfg), .format = AXALLOC_FORMAT_X86_NPT, .flags = AXALLOC_CFG_NO_HUGE_1G,
                              .base = 0, .size = WINDOW_SIZE };
     axalloc_hooks_t hooks = pool_hooks(&pool, !o->no_flush);
     axalloc_status_t st = axalloc_as_create(&cfg, &hooks, &as);

@@ -39,7 +39,11 @@ impl<F: Format> LeafSource<F> for Linear {
     const FILL_HOLES: bool = false;
 
     fn huge_ok(&self, gpa: Gpa, level: usize) -> bool {
-        level <= self.max_level && self.hpa_of(gpa).as_usize() % level_size(level) == 0
+        level <= self.max_level
+            && self
+                .hpa_of(gpa)
+                .as_usize()
+                .is_multiple_of(level_size(level))
     }
 
     fn leaf(&mut self, _frames: &Frames<'_>, gpa: Gpa, level: usize) -> Result<u64> {

@@ -100,7 +100,13 @@ impl<'a, F: Format> Walker<'a, F> {
                     let whole = s.whole();
                     if level == 0 || (whole && src.huge_ok(Gpa::from_usize(s.lo), level)) {
                         let leaf = src.leaf(&self.frames, Gpa::from_usize(s.lo), level)?;
-                        self.zero_if_owned(leaf, level)?;
+                        if let Err(e) = self.zero_if_owned(leaf, level) {
+                            // The host could not show us the frame (ERR_HOOK):
+                            // it is in no entry yet, so give it back here.
+                            // SAFETY: our leaf was never visible.
+                            unsafe { self.release_entry(leaf, level, s.base)? };
+                            return Err(e);
+                        }
                         let parked = F::park(leaf);
                         if s.entry
                             .compare_exchange(s.raw, parked, Ordering::AcqRel, Ordering::Acquire)

@@ -157,7 +157,7 @@ impl<'a, F: Format> Walker<'a, F> {
         .cast::<AtomicU64>();
         // SAFETY: `table` is a table frame this address space owns (reachable
         // from the root, parked, or just allocated), `entries(level)` long,
-        // 8-byte aligned (`Hooks::virt` checks). Table frames are freed only
+        // page-aligned (`Hooks::virt` checks). Table frames are freed only
         // after nothing can reach them: by the operation that detached them,
         // after the flush, inside its claim — no other walker can be on them
         // (see `unmap.rs`). All access is atomic.

@@ -155,7 +155,7 @@ impl<'a, F: Format> Walker<'a, F> {
         let x = gpa.as_usize();
         while let Some(f) = self.find(Gpa::from_usize(x))? {
             let level = f.level;
-            if level == 0 || x % level_size(level) == 0 {
+            if level == 0 || x.is_multiple_of(level_size(level)) {
                 return Ok(());
             }
             let Entry::Leaf { .. } = f.decode::<F>() else {
@@ -203,7 +203,7 @@ impl<'a, F: Format> Walker<'a, F> {
         let mut steps = 0usize;
         while let Some(v) = it.next()? {
             steps += 1;
-            if steps % YIELD_EVERY == 0 {
+            if steps.is_multiple_of(YIELD_EVERY) {
                 ctx.pause();
             }
             match v {

@@ -192,7 +192,9 @@ fn check(
     let mut backed = 0;
     for (&p, &page) in model {
         // Linear ranges can be a GiB: check a rotating 1/64 of their pages.
-        if matches!(page, Page::Linear(_)) && ((p >> 12).wrapping_mul(0x9e37) ^ step) % 64 != 0 {
+        if matches!(page, Page::Linear(_))
+            && !((p >> 12).wrapping_mul(0x9e37) ^ step).is_multiple_of(64)
+        {
             continue;
         }
         let t = s.translate(p + 0x123);

@@ -157,6 +157,8 @@ impl Pool {
         let pool = NonNull::from(Box::leak(pool));
         let ctx = pool.as_ptr().cast::<c_void>();
         let c = axalloc_hooks {
+            struct_size: core::mem::size_of::<axalloc_hooks>() as u32,
+            reserved: 0,
             ctx,
             alloc_frame: Some(alloc),
             free_frame: Some(free),
@@ -228,6 +230,8 @@ impl Pool {
 
 fn dummy_hooks() -> Hooks {
     let c = axalloc_hooks {
+        struct_size: core::mem::size_of::<axalloc_hooks>() as u32,
+        reserved: 0,
         ctx: std::ptr::null_mut(),
         alloc_frame: Some(alloc),
         free_frame: Some(free),
