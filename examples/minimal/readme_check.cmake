@@ -1,0 +1,38 @@
+# Fails unless the first ```c block after "## Example" in README equals the
+# README:begin..README:end part of minimal.c (indentation removed).
+file(READ "${README}" readme)
+file(READ "${SOURCE}" source)
+string(FIND "${readme}" "## Example\n" at)
+if(at LESS 0)
+  message(FATAL_ERROR "README has no '## Example' section")
+endif()
+string(SUBSTRING "${readme}" ${at} -1 readme)
+string(FIND "${readme}" "```c\n" open)
+string(FIND "${readme}" "\n```\n" close)
+if(open LESS 0 OR close LESS open)
+  message(FATAL_ERROR "README's Example section has no ```c block")
+endif()
+math(EXPR from "${open} + 5")
+math(EXPR len "${close} + 1 - ${from}")
+string(SUBSTRING "${readme}" ${from} ${len} block)
+
+string(FIND "${source}" "/* README:begin */\n" b)
+string(FIND "${source}" "/* README:end */" e)
+if(b LESS 0 OR e LESS b)
+  message(FATAL_ERROR "minimal.c has no README:begin/README:end markers")
+endif()
+math(EXPR from "${b} + 19")
+math(EXPR len "${e} - ${from}")
+string(SUBSTRING "${source}" ${from} ${len} core)
+# The README block is the core one indentation level (4 spaces) shallower;
+# the line holding the end marker leaves its own indentation at the end.
+string(REGEX REPLACE "\n    " "\n" core "\n${core}")
+string(REGEX REPLACE "^\n" "" core "${core}")
+string(REGEX REPLACE "\n *$" "\n" core "${core}")
+if(NOT block STREQUAL core)
+  file(WRITE "${CMAKE_CURRENT_BINARY_DIR}/readme_block.c" "${block}")
+  file(WRITE "${CMAKE_CURRENT_BINARY_DIR}/minimal_core.c" "${core}")
+  message(FATAL_ERROR "README's example differs from examples/minimal/minimal.c's README:begin..end "
+    "(diff ${CMAKE_CURRENT_BINARY_DIR}/readme_block.c ${CMAKE_CURRENT_BINARY_DIR}/minimal_core.c)")
+endif()
+message(STATUS "README example == minimal.c core (${len} bytes)")
