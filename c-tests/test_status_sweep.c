@@ -52,7 +52,13 @@ static const status_list_t lists[] = {
       AXALLOC_ERR_INTERNAL, END}},
     {"axalloc_write",
      {AXALLOC_OK, AXALLOC_ERR_INVALID, AXALLOC_ERR_NOT_MAPPED, AXALLOC_ERR_ACCESS, AXALLOC_ERR_NO_MEMORY,
+      AXALLOC_ERR_BUSY, AXALLOC_ERR_HOOK, AXALLOC_ERR_INTERNAL, END}},
+    {"axalloc_prefault",
+     {AXALLOC_OK, AXALLOC_ERR_INVALID, AXALLOC_ERR_NOT_MAPPED, AXALLOC_ERR_BUSY, AXALLOC_ERR_NO_MEMORY,
       AXALLOC_ERR_HOOK, AXALLOC_ERR_INTERNAL, END}},
+    {"axalloc_discard",
+     {AXALLOC_OK, AXALLOC_ERR_INVALID, AXALLOC_ERR_NOT_MAPPED, AXALLOC_ERR_BUSY, AXALLOC_ERR_HOOK,
+      AXALLOC_ERR_INTERNAL, END}},
     {"axalloc_query", {AXALLOC_OK, AXALLOC_ERR_INVALID, AXALLOC_ERR_HOOK, AXALLOC_ERR_INTERNAL, END}},
     {"axalloc_region_next",
      {AXALLOC_OK, AXALLOC_ERR_INVALID, AXALLOC_ERR_NOT_MAPPED, AXALLOC_ERR_HOOK, AXALLOC_ERR_INTERNAL, END}},
@@ -335,6 +341,27 @@ static void sweep_read_write(void) {
   CHECK(calls > 500);
 }
 
+static void sweep_prefault_discard(void) {
+  FOR_EACH_FORMAT(fmt) {
+    th_fx_t f = fixture(fmt);
+    EXPECT_LISTED(axalloc_prefault, axalloc_prefault(NULL, 2 * GIB, PAGE), "NULL as");
+    EXPECT_LISTED(axalloc_discard, axalloc_discard(NULL, 2 * GIB, PAGE), "NULL as");
+    for (size_t g = 0; g < N_ARR(gpas); g++)
+      for (size_t z = 0; z < N_ARR(sizes); z++) {
+        const uint64_t gpa = gpas[g], size = sizes[z];
+        EXPECT_LISTED(axalloc_prefault, axalloc_prefault(f.as, gpa, size), "%#llx, %#llx", (unsigned long long)gpa,
+                      (unsigned long long)size);
+        EXPECT_LISTED(axalloc_discard, axalloc_discard(f.as, gpa, size), "%#llx, %#llx", (unsigned long long)gpa,
+                      (unsigned long long)size);
+      }
+    th_fail_after(f.pool, 0);
+    EXPECT_LISTED(axalloc_prefault, axalloc_prefault(f.as, 2 * GIB, 2 * MIB), "no memory");
+    th_fail_never(f.pool);
+    CHECK(fx_done(&f) == 0);
+  }
+  CHECK(calls > 500);
+}
+
 /* `test_status_sweep lists`: the lists, one function a line, for
  * status_docs.cmake. */
 static int print_lists(void) {
@@ -349,7 +376,8 @@ static int print_lists(void) {
 int check_failures;
 int main(int argc, char **argv) {
   static const test_case_t tests[] = {T(sweep_create),      T(sweep_stats_reserve), T(sweep_map_unmap),
-                                      T(sweep_fault_translate_query), T(sweep_read_write), {NULL, NULL}};
+                                      T(sweep_fault_translate_query), T(sweep_read_write),
+                                      T(sweep_prefault_discard), {NULL, NULL}};
   if (argc == 2 && strcmp(argv[1], "lists") == 0) return print_lists();
   return run_tests(tests, argc, argv);
 }

@@ -771,6 +771,87 @@ pub unsafe extern "C" fn axalloc_unmap(
     status(s.unmap(gpa, size))
 }
 
+/// Makes every page of `[gpa, gpa + size)` present now, as faults would:
+/// each never-touched page gets a zeroed frame (from the reserve first) with
+/// its region's rights (KVM_PRE_FAULT_MEMORY; confidential guests; avoiding
+/// exits on a latency-critical range). Pages already present stay as they
+/// are. All or nothing: new pages are installed parked and made present
+/// together at the end, so on error nothing this call installed remains and
+/// no vCPU ever saw it.
+///
+/// Returns:
+/// - `AXALLOC_OK`.
+/// - `AXALLOC_ERR_INVALID`: NULL `as`; unaligned, empty, overflowing, or
+///   outside the window; a part of the range is a linear region.
+/// - `AXALLOC_ERR_NOT_MAPPED`: a part of the range has no region.
+/// - `AXALLOC_ERR_BUSY`: a map, unmap or discard in flight overlaps the
+///   range (retry).
+/// - `AXALLOC_ERR_NO_MEMORY`: `alloc_frame` failed; nothing changed.
+/// - `AXALLOC_ERR_HOOK`: a hook broke its contract; nothing changed.
+/// - `AXALLOC_ERR_INTERNAL`: a broken invariant (a bug).
+///
+/// Thread-safe and concurrent: runs under the shared lock (faults go on; a
+/// fault on a page being filled is spurious until the commit; a map or
+/// unmap waits until it returns); calls `alloc_frame`, `phys_to_virt`,
+/// `relax`, and `free_frame` (under the shared lock, only when it fails).
+///
+/// # Safety
+/// `as` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn axalloc_prefault(
+    r#as: *mut axalloc_as_t,
+    gpa: u64,
+    size: u64,
+) -> axalloc_status_t {
+    let Some(s) = space(r#as) else {
+        return AXALLOC_ERR_INVALID;
+    };
+    status(s.prefault(gpa, size))
+}
+
+/// Gives back the frames of the pages in `[gpa, gpa + size)` (ballooning,
+/// free page reporting: Xen's decrease_reservation, `MADV_DONTNEED`). The
+/// range stays mapped lazily: the next access faults in a fresh zeroed
+/// frame. Works on populated regions too; never-touched pages need nothing.
+/// Calls `flush_tlb` at most once, covering every removed present entry, and
+/// only then gives the frames and emptied table frames back.
+///
+/// Returns:
+/// - `AXALLOC_OK`.
+/// - `AXALLOC_ERR_INVALID`: NULL `as`; unaligned, empty, overflowing, or
+///   outside the window; a part of the range is a linear region (nothing
+///   changed).
+/// - `AXALLOC_ERR_NOT_MAPPED`: a part of the range has no region (nothing
+///   changed).
+/// - `AXALLOC_ERR_BUSY`: a map, unmap or discard in flight overlaps the
+///   range (retry; nothing changed).
+/// - `AXALLOC_ERR_HOOK`: a hook broke its contract while frames were being
+///   given back (the pages are gone from the table by then).
+/// - `AXALLOC_ERR_INTERNAL`: a broken invariant (a bug).
+///
+/// Locks: the exclusive side for the detach, which yields to waiting vCPUs
+/// every few dozen entries; `flush_tlb` and every `free_frame` run after it
+/// is released, while a claim keeps maps, unmaps, prefaults and hypervisor
+/// writes of the range out (`ERR_BUSY`). Faults on the range go on: on a
+/// page being discarded they are spurious (`AXALLOC_OK`, the guest retries)
+/// until its frame is back, then they fault in a zeroed frame. A page the
+/// guest writes while it is discarded may keep or lose that write, as with
+/// any balloon; pages outside the range are never touched.
+///
+/// # Safety
+/// `as` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn axalloc_discard(
+    r#as: *mut axalloc_as_t,
+    gpa: u64,
+    size: u64,
+) -> axalloc_status_t {
+    let Some(s) = space(r#as) else {
+        return AXALLOC_ERR_INVALID;
+    };
+    status(s.discard(gpa, size))
+}
+
 /// Resolves a stage-2 fault at `gpa` (any byte of the page) for `access`, a
 /// non-empty subset of `AXALLOC_READ | AXALLOC_WRITE | AXALLOC_EXEC` — the
 /// EPT exit qualification's `qual & 7`, or derived from NPT's EXITINFO1 as
@@ -986,6 +1067,8 @@ pub unsafe extern "C" fn axalloc_read(
 ///   as `axalloc_read`.
 /// - `AXALLOC_ERR_NO_MEMORY`: populating a lazy page failed; the address
 ///   space is as before and nothing was copied.
+/// - `AXALLOC_ERR_BUSY`: an `axalloc_discard` in flight overlaps the range
+///   (retry); nothing changed.
 /// - `AXALLOC_ERR_HOOK`: a hook broke its contract while populating (as
 ///   NO_MEMORY: nothing changed) or while copying (the lazy pages are
 ///   populated by then, and the range may be partly written).

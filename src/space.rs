@@ -176,6 +176,11 @@ impl DetachCtx for Unmapping<'_> {
             .widen(&mut self.claim, Gpa::from_usize(lo), Gpa::from_usize(hi))
     }
 
+    /// Between two steps the range is claimed and each entry is either
+    /// still present, parked by this detach, or empty; faults in a discarded
+    /// range (whose regions stay) may fill empty entries meanwhile, which the
+    /// detach then either parks too or leaves behind — both are a discard
+    /// racing with the guest's own access, as on hardware.
     fn pause(&mut self) {
         if self.guard.as_ref().is_some_and(|g| g.contended()) {
             self.guard = None;
@@ -752,26 +757,16 @@ impl AddrSpace {
             let mut p = Prepared::new(start, end);
             let m = self.lock_shared();
             let result = 'locked: {
+                // A discard in flight owns the parked entries of its range.
+                if m.claims.overlaps(start.as_usize(), end.as_usize(), None) {
+                    break 'locked Err(Error::Busy);
+                }
                 let hole = match self.check_copy_range::<F>(&m.regions, start, end, true) {
                     Ok(h) => h,
                     Err(e) => break 'locked Err(e),
                 };
-                if hole {
-                    // Populate the holes under the shared lock: faults go on;
-                    // a fault on a page being filled meets a parked (frozen)
-                    // entry and is spurious until the commit.
-                    let mut src = Fill::<F>::new(&m.regions);
-                    if let Err(e) = w.prepare(&mut p, &mut src) {
-                        // Under the lock (a map/unmap could otherwise meet the
-                        // parked entries): the one place `free_frame` runs
-                        // under it, on this error path only. Fails only on a
-                        // broken invariant; the first error wins.
-                        let _ = w.rollback(&p);
-                        break 'locked Err(e);
-                    }
-                    if let Err(e) = w.commit::<Fill<'_, F>>(m.token(), &mut p) {
-                        break 'locked Err(e);
-                    }
+                if hole && let Err(e) = self.fill_holes::<F>(&w, &m, &mut p) {
+                    break 'locked Err(e);
                 }
                 self.copy_pages::<F>(gpa as usize, buf.len(), |host, off, len| {
                     match (host, buf.get(off..off + len)) {
@@ -789,6 +784,105 @@ impl AddrSpace {
             // What merged spines kept, never visible: freed unlocked.
             let finished = w.finish(&p);
             result.and(finished)
+        })
+    }
+
+    /// Makes every page of `p`'s range present, as faults would, all or
+    /// nothing, under the shared lock `m`: faults go on (a fault on a page
+    /// being filled meets a parked — frozen — entry and is spurious until the
+    /// commit). The caller checked that alloc regions cover the holes and
+    /// that no claim overlaps the range, and runs `w.finish(p)` unlocked.
+    fn fill_holes<'t, F: Format>(
+        &self,
+        w: &'t Walker<'_, F>,
+        m: &ReadGuard<'_, Maps>,
+        p: &mut Prepared<'t>,
+    ) -> Result {
+        let mut src = Fill::<F>::new(&m.regions);
+        if let Err(e) = w.prepare(p, &mut src) {
+            // Under the lock (a map/unmap could otherwise meet the parked
+            // entries): the one place `free_frame` runs under it, on this
+            // error path only. Fails only on a broken invariant; the first
+            // error wins.
+            let _ = w.rollback(p);
+            return Err(e);
+        }
+        w.commit::<Fill<'_, F>>(m.token(), p)
+    }
+
+    /// Checks that alloc regions cover `[start, end)` without a gap:
+    /// `NotMapped` for a gap, `Invalid` for a linear part.
+    fn check_alloc_range(regions: &RegionSet, start: Gpa, end: Gpa) -> Result {
+        let mut next = start;
+        let mut linear = false;
+        regions.for_each_in(start, end, |r| {
+            if r.start != next {
+                return Err(Error::NotMapped);
+            }
+            next = r.end;
+            linear |= r.backend != Backend::Alloc;
+            Ok(())
+        })?;
+        if next != end {
+            return Err(Error::NotMapped);
+        }
+        if linear {
+            return Err(Error::Invalid);
+        }
+        Ok(())
+    }
+
+    /// Makes every page of the alloc range `[gpa, gpa + size)` present (a
+    /// zeroed frame with its region's rights), all or nothing; pages already
+    /// present stay as they are.
+    pub fn prefault(&self, gpa: u64, size: u64) -> Result {
+        let (start, end) = self.config.range(gpa, size)?;
+        with_format!(self.config.format, F => {
+            let w = self.walker::<F>();
+            let mut p = Prepared::new(start, end);
+            let m = self.lock_shared();
+            let result = if m.claims.overlaps(start.as_usize(), end.as_usize(), None) {
+                Err(Error::Busy)
+            } else {
+                Self::check_alloc_range(&m.regions, start, end)
+                    .and_then(|()| self.fill_holes::<F>(&w, &m, &mut p))
+            };
+            drop(m);
+            // What merged spines kept, never visible: freed unlocked.
+            let finished = w.finish(&p);
+            result.and(finished)
+        })
+    }
+
+    /// Gives back the frames of the alloc pages in `[gpa, gpa + size)`; the
+    /// range stays mapped lazily (the next access faults in a zeroed frame).
+    /// Present entries are detached under the exclusive lock (yielding like
+    /// an unmap), one flush covers them, frames and emptied tables are freed
+    /// after it with no lock held, inside a claim that keeps other maps,
+    /// unmaps, discards, prefaults and hypervisor writes out of the range.
+    pub fn discard(&self, gpa: u64, size: u64) -> Result {
+        let (start, end) = self.config.range(gpa, size)?;
+        with_format!(self.config.format, F => {
+            let w = self.walker::<F>();
+            let mut m = self.lock_exclusive();
+            if m.claims.overlaps(start.as_usize(), end.as_usize(), None) {
+                return Err(Error::Busy);
+            }
+            Self::check_alloc_range(&m.regions, start, end)?;
+            // Alloc regions hold 4 KiB leaves only: nothing to split.
+            let claim = m.claims.claim(start, end, Purpose::Unmap)?;
+            let mut ctx = Unmapping {
+                space: self,
+                guard: Some(m),
+                claim,
+            };
+            let detached = w.detach(&mut ctx, start, end);
+            let Unmapping { guard, claim, .. } = ctx;
+            drop(guard);
+            let window = (self.config.base.as_usize(), self.config.end());
+            let result = detached.and_then(|d| w.reclaim(d.flush(&self.hooks, window)));
+            self.lock_exclusive().claims.release(claim);
+            result
         })
     }
 
