@@ -20,7 +20,7 @@ use core::sync::atomic::AtomicU64;
 
 use crate::addr::{FRAME_SIZE, Gpa, Hpa};
 use crate::backend::alloc::{self, Fill, Populate};
-use crate::backend::fast_fault::{Fast, FastFault, LeafCache};
+use crate::backend::fast_fault::{CachedTable, Fast, FastFault, TableCache};
 use crate::backend::linear::Linear;
 use crate::claims::{Claim, Claims, Purpose};
 use crate::error::{Error, Result};
@@ -600,7 +600,7 @@ impl AddrSpace {
             let fast = match m.regions.find_hinted(gpa) {
                 Some(r) if r.backend == Backend::Alloc && access.allowed_by(r.flags) => {
                     let template = self.leaf_template(r.flags);
-                    self.fast_fault(m.cache())
+                    self.fast_fault(m.cache(0), m.cache(1))
                         .fault::<F>(m.token(), page, template)
                 }
                 _ => Fast::Slow,
@@ -625,13 +625,16 @@ impl AddrSpace {
 
     /// What the lean fault lends from this space.
     #[inline(always)]
-    fn fast_fault<'a>(&'a self, cache: &'a AtomicU64) -> FastFault<'a> {
+    fn fast_fault<'a>(&'a self, leaf: &'a AtomicU64, mid: &'a AtomicU64) -> FastFault<'a> {
         FastFault {
             hooks: &self.hooks,
             reserve: &self.reserve,
             root_virt: self.root_virt,
             frames_zeroed: self.config.frames_zeroed,
-            cache: LeafCache(cache),
+            cache: TableCache {
+                leaf: CachedTable(leaf),
+                mid: CachedTable(mid),
+            },
         }
     }
 

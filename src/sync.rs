@@ -61,12 +61,13 @@
 //! same cache line, no extra line touched). [`RwLock::events`] sums the
 //! shards with wrapping arithmetic: exact modulo 2^64.
 //!
-//! # The readers' cache word
+//! # The readers' cache words
 //!
-//! Each shard's line also holds one word readers may use as a cache that
+//! Each shard's line also holds two words readers may use as a cache that
 //! must not survive a write section (the fault path keeps its last leaf
-//! table there): a writer resets every shard's word once the readers it
-//! waited for have left. Neither side's decisions depend on it.
+//! table and the table above it there): a writer resets every shard's words
+//! once the readers it waited for have left. Neither side's decisions depend
+//! on them.
 //!
 //! # The lock this replaces
 //!
@@ -96,6 +97,10 @@ use core::sync::atomic::AtomicU64;
 #[cfg(all(test, loom))]
 use loom::sync::atomic::AtomicU64;
 
+/// Cache words per shard for readers (see [`ReadGuard::cache`]).
+pub const CACHE_WORDS: usize = 2;
+const _: () = assert!(CACHE_WORDS.is_power_of_two());
+
 /// Number of reader shards (2 under loom, to keep models small).
 pub const SHARDS: usize = if cfg!(all(test, loom)) { 2 } else { 8 };
 const _: () = assert!(SHARDS.is_power_of_two() && SHARDS >= 2);
@@ -123,9 +128,9 @@ struct Shard {
     rin: AtomicU64,
     rout: AtomicU64,
     events: AtomicU64,
-    /// The readers' cache word (see [`ReadGuard::cache`]); outside the lock
-    /// protocol, so a plain core atomic even under loom.
-    cache: core::sync::atomic::AtomicU64,
+    /// The readers' cache words (see [`ReadGuard::cache`]); outside the
+    /// lock protocol, so plain core atomics even under loom.
+    cache: [core::sync::atomic::AtomicU64; CACHE_WORDS],
 }
 
 impl Shard {
@@ -135,7 +140,7 @@ impl Shard {
                 rin: AtomicU64::new(0),
                 rout: AtomicU64::new(0),
                 events: AtomicU64::new(0),
-                cache: core::sync::atomic::AtomicU64::new(0),
+                cache: [const { core::sync::atomic::AtomicU64::new(0) }; CACHE_WORDS],
             }
         }
     }
@@ -276,8 +281,10 @@ impl<T> RwLock<T> {
             while s.rout.load(Acquire) != *seen {
                 relax.relax();
             }
-            // No reader is in: reset the cache word (see ReadGuard::cache).
-            s.cache.store(0, Relaxed);
+            // No reader is in: reset the cache words (see ReadGuard::cache).
+            for w in &s.cache {
+                w.store(0, Relaxed);
+            }
         }
         WriteGuard { lock: self }
     }
@@ -347,14 +354,16 @@ impl<T> ReadGuard<'_, T> {
         Shared(PhantomData)
     }
 
-    /// A word on this reader's shard line for a cache that must not outlive
+    /// Word `i` (`< CACHE_WORDS`) on this reader's shard line for a cache
+    /// that must not outlive
     /// a write section: every writer resets all of them to 0 once no reader
     /// is in, before its section begins. Readers of one shard share it (use
     /// atomically, e.g. one packed value per store). Touches no other line:
     /// the shard's line is the one the reader just locked through.
     #[inline]
-    pub fn cache(&self) -> &core::sync::atomic::AtomicU64 {
-        &self.shard.cache
+    pub fn cache(&self, i: usize) -> &core::sync::atomic::AtomicU64 {
+        // In bounds: `CACHE_WORDS` is a power of two.
+        &self.shard.cache[i & (CACHE_WORDS - 1)]
     }
 }
 

@@ -7,7 +7,9 @@
  *            reserve  FRAMES_ZEROED, frames from axalloc_reserve (filled first)
  *            linres   LINEAR_MAP + reserve
  *     append "-tables" (e.g. plain-tables) to skip the pre-fault: the counted
- *     faults then also allocate and link the 8 leaf tables (and the upper ones).
+ *     faults then also allocate and link the 8 leaf tables (and the upper ones);
+ *     append "-scatter" to fault the pages in a scattered order (each fault
+ *     in another 2 MiB than the last: the leaf-table cache misses).
  *            translate       LINEAR_MAP; after the faults, axalloc_translate of
  *                            every page, 4 rounds in a scattered order (count
  *                            with --toggle-collect=axalloc_translate)
@@ -67,6 +69,7 @@ int main(int argc, char **argv) {
     int linear = strncmp(mode, "lin", 3) == 0 || lookups;
     int reserve = strstr(mode, "res") != NULL;
     int tables = strstr(mode, "-tables") != NULL;
+    int scatter = strstr(mode, "-scatter") != NULL;
     mem = aligned_alloc(FRAME, (size_t)POOL * FRAME);
     if (!mem) return 1;
     memset(mem, 0, (size_t)POOL * FRAME); /* pre-zeroed pool */
@@ -105,7 +108,10 @@ int main(int argc, char **argv) {
         if (rc) die("reserve", rc);
     }
     uint32_t faults = 0;
-    for (uint32_t i = 0; i < PAGES; i++) {
+    for (uint32_t n = 0; n < PAGES; n++) {
+        /* -scatter: every page once, in a scattered order (stride 1031) that
+         * hops to another 2 MiB on almost every fault. */
+        uint32_t i = scatter ? (n * 1031u) % PAGES : n;
         if (skip && i % skip == 0) continue;
         rc = axalloc_handle_fault(as, GPA + (uint64_t)i * FRAME, AXALLOC_WRITE);
         if (rc) die("fault", rc);

@@ -13,7 +13,7 @@ mkdir -p "$out"
 command -v valgrind >/dev/null || { echo "callgrind/run.sh: valgrind not installed"; exit 1; }
 cc -O2 -std=c11 -I"$repo/include" "$here/fault.c" "$lib/libaxalloc.a" -lpthread -o "$out/fault"
 printf '| mode | calls (faults / lookups) counted | Ir total | Ir / fault or lookup |\n|---|---:|---:|---:|\n'
-for m in ${MODES:-plain linear reserve linres plain-tables linear-tables translate translate_many}; do
+for m in ${MODES:-plain linear reserve linres plain-tables linear-tables plain-scatter linear-scatter translate translate_many}; do
   f="$out/cg.$m.out"
   case "$m" in translate*) fn="axalloc_$m" ;; *) fn=axalloc_handle_fault ;; esac
   n=$(valgrind --tool=callgrind --toggle-collect="$fn" --callgrind-out-file="$f" \

@@ -6,9 +6,9 @@
 //! It does only what that case needs, under the shared lock the caller
 //! holds: the lookup hint has already found the region
 //! ([`RegionSet::find_hinted`](crate::region::RegionSet::find_hinted)); the
-//! leaf table comes from the [`LeafCache`] (faults come in runs: the guest
-//! touches its RAM page after page) or one walk specialised per format
-//! ([`leaf_table`]); a zeroed frame from the reserve or `alloc_frame`
+//! leaf table comes from the [`TableCache`] (faults come in runs: the guest
+//! touches its RAM page after page) or a walk specialised per format
+//! ([`descend`]); a zeroed frame from the reserve or `alloc_frame`
 //! ([`frames::fault_frame`]); the leaf from the region's pre-encoded
 //! template; one compare-exchange. No walker object, no table pool, no
 //! generic decode. Anything else — a missing table, a present
@@ -32,7 +32,8 @@ use crate::hooks::Hooks;
 use crate::reserve::Reserve;
 use crate::sync::Shared;
 use crate::table::ENTRIES;
-use crate::table::read::leaf_table;
+use crate::table::Walker;
+use crate::table::read::descend;
 
 /// What an address space lends the lean fault.
 #[derive(Clone, Copy)]
@@ -45,8 +46,8 @@ pub struct FastFault<'a> {
     pub root_virt: NonNull<u8>,
     /// The host promised zeroed frames.
     pub frames_zeroed: bool,
-    /// The leaf table the last walk through the caller's lock shard found.
-    pub cache: LeafCache<'a>,
+    /// The tables the last walk through the caller's lock shard found.
+    pub cache: TableCache<'a>,
 }
 
 /// What the lean fault did.
@@ -64,20 +65,38 @@ pub enum Fast {
 }
 
 impl FastFault<'_> {
+    /// The leaf table on the way to `gpa`: cached; or one level down from
+    /// the cached table above it (faults scattered over a 1 GiB); or walked
+    /// from the root — caching what it found.
+    #[inline(always)]
+    fn leaf_table<F: Format>(&self, locked: Shared<'_>, gpa: Gpa) -> Option<NonNull<AtomicU64>> {
+        if let Some(t) = self.cache.leaf.get(gpa, LEAF_SHIFT) {
+            return Some(t);
+        }
+        let top = Walker::<F>::TOP;
+        let mid = match self.cache.mid.get(gpa, MID_SHIFT) {
+            Some(t) => t,
+            None => {
+                let root = self.root_virt.cast::<AtomicU64>();
+                let t = descend::<F>(locked, root, top, 1, self.hooks, gpa)?;
+                if top > 1 {
+                    self.cache.mid.put(locked, gpa, MID_SHIFT, t);
+                }
+                t
+            }
+        };
+        let leaf = descend::<F>(locked, mid, 1, 0, self.hooks, gpa)?;
+        self.cache.leaf.put(locked, gpa, LEAF_SHIFT, leaf);
+        Some(leaf)
+    }
+
     /// Installs a zeroed frame at the 4 KiB page `gpa` of an alloc region
     /// whose owned leaf with address 0 is `template`, if every table exists
     /// and the entry is empty. The caller holds the shared lock (`locked`).
     #[inline(always)]
     pub fn fault<F: Format>(&self, locked: Shared<'_>, gpa: Gpa, template: u64) -> Fast {
-        let table = match self.cache.get(gpa) {
-            Some(t) => t,
-            None => match leaf_table::<F>(locked, self.root_virt, self.hooks, gpa) {
-                Some(t) => {
-                    self.cache.put(locked, gpa, t);
-                    t
-                }
-                None => return Fast::Slow,
-            },
+        let Some(table) = self.leaf_table::<F>(locked, gpa) else {
+            return Fast::Slow;
         };
         // SAFETY: `table` is the host view of the live leaf table covering
         // `gpa` (just walked, or cached since no exclusive section — the only
@@ -102,43 +121,57 @@ impl FastFault<'_> {
     }
 }
 
-/// The leaf table the last fault walked to, so the next fault in the same
-/// 2 MiB skips the walk (a one-entry software TLB over the table). It lives
-/// in the lock's per-shard cache word ([`ReadGuard::cache`]): vCPUs on
+/// The tables the last fault walked to, so the next fault in the same
+/// 2 MiB skips the walk (a small software TLB over the table): the leaf
+/// table (level 0) and the one above it (level 1, spanning 1 GiB), so a
+/// fault elsewhere in that 1 GiB walks one level instead of all. Both live in
+/// the lock's per-shard cache words ([`ReadGuard::cache`]): vCPUs on
 /// different CPUs mostly lock through different shards, so two vCPUs
-/// faulting in different places neither evict each other's entry nor touch
-/// a line the lock did not already bring in.
+/// faulting in different places neither evict each other's entries nor
+/// touch a line the lock did not already bring in.
 ///
-/// One word, so concurrent faults never see a torn pair: the 2 MiB tag
-/// (`gpa >> 21`, plus one so 0 means empty) in bits 63:36, the table's host
-/// virtual page number (VA bits 47:12, sign-extended back) in bits 35:0. A
-/// table whose address does not fit (a 57-bit host address space) or a `gpa`
-/// at or above 2^48 - 2 MiB is simply not cached.
+/// [`ReadGuard::cache`]: crate::sync::ReadGuard::cache
+#[derive(Clone, Copy)]
+pub struct TableCache<'a> {
+    /// The leaf table, tagged by `gpa >> 21`.
+    pub leaf: CachedTable<'a>,
+    /// The level-1 table, tagged by `gpa >> 30` (unused for two-level
+    /// formats, whose level-1 table is the root).
+    pub mid: CachedTable<'a>,
+}
+
+/// `gpa >> LEAF_SHIFT` tags a leaf table, `gpa >> MID_SHIFT` a level-1 one.
+const LEAF_SHIFT: u32 = 21;
+const MID_SHIFT: u32 = 30;
+
+/// One cached table in one word, so concurrent faults never see a torn
+/// pair: the tag (`gpa >> shift`, plus one so 0 means empty) in bits 63:36,
+/// the table's host virtual page number (VA bits 47:12, sign-extended back)
+/// in bits 35:0. A table whose address does not fit (a 57-bit host address
+/// space) or a tag that does not fit in 28 bits is simply not cached.
 ///
 /// Validity: written only under the shared lock, with a table just reached
 /// from the root; **every writer resets the word before its exclusive
 /// section begins** (the lock's contract), and tables are unlinked only in
 /// exclusive sections. So a cached table is reachable from the root whenever
 /// a shared-lock holder reads it.
-///
-/// [`ReadGuard::cache`]: crate::sync::ReadGuard::cache
 #[derive(Clone, Copy)]
-pub struct LeafCache<'a>(pub &'a AtomicU64);
+pub struct CachedTable<'a>(pub &'a AtomicU64);
 
 const VPN_BITS: u32 = 36;
 const VPN_MASK: u64 = (1 << VPN_BITS) - 1;
 
-impl LeafCache<'_> {
+impl CachedTable<'_> {
     #[inline(always)]
-    fn tag(gpa: Gpa) -> u64 {
-        (gpa.as_u64() >> 21) + 1
+    fn tag(gpa: Gpa, shift: u32) -> u64 {
+        (gpa.as_u64() >> shift) + 1
     }
 
-    /// The leaf table for `gpa`, if it is the one cached.
+    /// The table cached for `gpa`'s `1 << shift`-byte span, if any.
     #[inline(always)]
-    pub fn get(&self, gpa: Gpa) -> Option<NonNull<AtomicU64>> {
+    pub fn get(&self, gpa: Gpa, shift: u32) -> Option<NonNull<AtomicU64>> {
         let w = self.0.load(Ordering::Relaxed);
-        if w >> VPN_BITS != Self::tag(gpa) {
+        if w >> VPN_BITS != Self::tag(gpa, shift) {
             return None;
         }
         // VA bits 47:12 back in place, sign-extended from bit 47. The
@@ -147,11 +180,11 @@ impl LeafCache<'_> {
         NonNull::new(core::ptr::with_exposed_provenance_mut::<AtomicU64>(va))
     }
 
-    /// Caches `table` as the leaf table for `gpa` (shared lock held).
+    /// Caches `table` for `gpa`'s `1 << shift`-byte span (shared lock held).
     #[inline(always)]
-    pub fn put(&self, _locked: Shared<'_>, gpa: Gpa, table: NonNull<AtomicU64>) {
+    pub fn put(&self, _locked: Shared<'_>, gpa: Gpa, shift: u32, table: NonNull<AtomicU64>) {
         let va = table.as_ptr().expose_provenance() as u64;
-        let tag = Self::tag(gpa);
+        let tag = Self::tag(gpa, shift);
         let w = (tag << VPN_BITS) | ((va >> 12) & VPN_MASK);
         let back = ((w << (64 - VPN_BITS)) as i64 >> (64 - VPN_BITS - 12)) as u64;
         if back == va && tag >> (64 - VPN_BITS) == 0 {

@@ -38,36 +38,37 @@ impl<'a, F: Format> Walker<'a, F> {
     }
 }
 
-/// The fault's hot walk, from the root whose host view is `root_virt`: the
-/// host view of the 4 KiB leaf table (level 0) on the way to `gpa`, when
-/// every table above it is present; `None` as soon as an upper entry is
-/// anything else (empty, parked, a huge leaf) — the caller then takes the
-/// general [`Walker::probe`]. No decoding beyond [`Format::next_table`], no
+/// The fault's hot walk: from `table`, the host view of a table at `level`
+/// reachable from the root (the root itself at `Walker::TOP`), down to the
+/// host view of the table at `target` (< `level`) on the way to `gpa`, when
+/// every table in between is present; `None` as soon as an entry is anything
+/// else (empty, parked, a huge leaf) — the caller then takes the general
+/// [`Walker::probe`]. No decoding beyond [`Format::next_table`], no
 /// bookkeeping, one [`Hooks::virt`] (a direct-map addition with
-/// `AXALLOC_CFG_LINEAR_MAP`) per level below the root. `gpa` must lie in the
-/// format's address space (the root index is masked, so the walk stays
-/// inside the root regardless).
+/// `AXALLOC_CFG_LINEAR_MAP`) per level. `gpa` must lie in the format's
+/// address space (the root index is masked, so the walk stays inside the
+/// root regardless).
 ///
-/// The table stays reachable from the root — and so alive — for as long as
+/// The tables stay reachable from the root — and so alive — for as long as
 /// the lock `_locked` proves is held: tables are unlinked only under the
 /// exclusive lock, and freed only after that and a flush (see
 /// `Walker::view`).
 #[inline(always)]
-pub fn leaf_table<F: Format>(
+pub fn descend<F: Format>(
     _locked: Shared<'_>,
-    root_virt: NonNull<u8>,
+    mut table: NonNull<AtomicU64>,
+    mut level: usize,
+    target: usize,
     hooks: &Hooks,
     gpa: Gpa,
 ) -> Option<NonNull<AtomicU64>> {
     let gpa = gpa.as_usize();
-    let mut table = root_virt.cast::<AtomicU64>();
-    let mut level = Walker::<F>::TOP;
-    while level > 0 {
+    while level > target {
         let index = (gpa >> (12 + 9 * level)) & (Walker::<F>::entries(level) - 1);
         // SAFETY: `table` is the host view of a table frame reachable from
-        // the root (the root itself, or the target of a present table entry
-        // read with Acquire below), `entries(level)` entries long and 8-byte
-        // aligned (`Hooks::virt` checks); `index` is masked below that
+        // the root (given so by the caller, or the target of a present table
+        // entry read with Acquire below), `entries(level)` entries long and
+        // 8-byte aligned (`Hooks::virt` checks); `index` is masked below that
         // length. Reachable tables live while the lock is held (above).
         // Access is atomic.
         let raw = unsafe { table.add(index).as_ref() }.load(Ordering::Acquire);
@@ -81,7 +82,7 @@ pub fn leaf_table<F: Format>(
 /// The read path's hot walk (`translate`, `translate_many`): the present
 /// leaf mapping `gpa` — its raw bits and level — or `None` (nothing present:
 /// an empty or parked entry on the way, or `gpa` outside the format's
-/// address space). Like [`leaf_table`]: the per-format table test on the way
+/// address space). Like [`descend`]: the per-format table test on the way
 /// down, one [`Hooks::virt`] per level below the root, and one presence test
 /// at the end; no walker object. An error from `phys_to_virt` reads as
 /// `None` here and is reported by the general walk, which callers may run

@@ -33,8 +33,13 @@ fn with_space(format: FormatKind, frames: usize, f: impl FnOnce(&Pool, &AddrSpac
 
 /// The leaf table (level 0) on the walk to `gpa`.
 fn leaf_table<F: Format>(pool: &Pool, s: &AddrSpace, gpa: u64) -> u64 {
+    table_at::<F>(pool, s, gpa, 0)
+}
+
+/// The table at `level` on the walk to `gpa`.
+fn table_at<F: Format>(pool: &Pool, s: &AddrSpace, gpa: u64, level: usize) -> u64 {
     let mut table = s.root().as_u64();
-    for l in (1..F::LEVELS).rev() {
+    for l in (level + 1..F::LEVELS).rev() {
         let idx = (gpa as usize >> (12 + 9 * l))
             % (512 << if l == F::LEVELS - 1 { F::ROOT_ORDER } else { 0 });
         // SAFETY: a table frame of the pool, alive for the test.
@@ -106,6 +111,66 @@ fn cached_leaf_table_dies_with_the_table_npt() {
 /// back. A fault at a removed region's address must then be NOT_MAPPED —
 /// without the hint's invalidation it reads the freed chunk, still holding
 /// the old region, and maps a page nobody asked for.
+/// The same for the level-1 table the fast path also caches: a fault caches
+/// it, an unmap frees it, and its next owner happens to hold what looks like
+/// a table link at the index of another 2 MiB of that 1 GiB. A fault there
+/// must walk from the root, not from the freed table into the decoy.
+fn cached_mid_table_dies_with_the_table<F: Format>(kind: FormatKind) {
+    with_space(kind, 64, |pool, s| {
+        let a = 0x4000_0000;
+        s.map_alloc(a, 4 * MIB, rw(), false).unwrap();
+        s.handle_fault(a, write()).unwrap(); // general path: links the tables
+        s.handle_fault(a + 0x2000, write()).unwrap(); // caches leaf and level-1 tables
+        let mid = table_at::<F>(pool, s, a, 1);
+        s.unmap(a, 4 * MIB).unwrap(); // prunes and frees them
+        let mut held = Vec::new();
+        loop {
+            let hpa = pool.hooks().alloc_frame().expect("the freed table");
+            held.push(hpa);
+            if hpa.as_u64() == mid {
+                break;
+            }
+        }
+        let decoy = pool.hooks().alloc_frame().expect("a decoy leaf table");
+        held.push(decoy);
+        let (mv, dv) = (pool.virt(mid), pool.virt(decoy.as_u64()));
+        for i in 0..512 {
+            // SAFETY: frames held by the test.
+            unsafe {
+                mv.add(i).write(F::EMPTY);
+                dv.add(i).write(F::EMPTY);
+            }
+        }
+        let b = a + 2 * MIB; // same 1 GiB, another 2 MiB
+        let link = format::table::<F>(decoy);
+        // SAFETY: as above; index of `b` in a level-1 table.
+        unsafe { mv.add((b as usize >> 21) % 512).write(link) };
+        s.map_alloc(a, 4 * MIB, rw(), false).unwrap();
+        s.handle_fault(b, write()).unwrap();
+        // SAFETY: as above.
+        let after = unsafe { dv.add(0).read() };
+        assert_eq!(after, F::EMPTY, "fault walked a freed table into a decoy");
+        assert!(
+            s.translate(b).is_ok(),
+            "the page is mapped in the live table"
+        );
+        for hpa in held {
+            // SAFETY: obtained from the pool above, ours.
+            unsafe { pool.hooks().free_frame(hpa) };
+        }
+    });
+}
+
+#[test]
+fn cached_mid_table_dies_with_the_table_ept() {
+    cached_mid_table_dies_with_the_table::<Ept>(FormatKind::X86Ept);
+}
+
+#[test]
+fn cached_mid_table_dies_with_the_table_npt() {
+    cached_mid_table_dies_with_the_table::<Npt>(FormatKind::X86Npt);
+}
+
 #[test]
 fn region_hint_never_outlives_its_chunk() {
     with_space(FormatKind::X86Ept, 64, |_pool, s| {
