@@ -1,0 +1,45 @@
+/*
+ * layout.h - the guest-physical layout both bare-metal hypervisors give
+ * their guest, shared by the hypervisor (hv.c) and the guest (guest.c).
+ *
+ * Everything but the code sits just below TOP, the first address past the
+ * usable guest-physical space (2^gpa_bits on Arm; on RISC-V the lower half
+ * of the GPA space, see README.md), so the top of the space -- the last root
+ * page of a concatenated Arm root, the last entries of every level -- is
+ * what the MMU walks. The guest learns TOP in its first argument register.
+ */
+#ifndef BAREMETAL_LAYOUT_H
+#define BAREMETAL_LAYOUT_H
+
+/* Constants usable from C and from assembly. */
+#ifdef __ASSEMBLER__
+#define U64(x) x
+#else
+#define U64(x) x##ull
+#endif
+
+#define PAGE U64(0x1000)
+
+/* Guest code (and its read-only data), R|X, demand-loaded from the image. */
+#define CODE_GPA U64(0x200000)
+
+/* Each range starts at TOP - *_OFF; every range is page-aligned. */
+#define RAM_OFF    U64(0x90000)             /* R|W, lazy: pattern written and verified */
+#define RAM_SIZE      U64(0x40000)          /* 64 pages */
+#define STACK_OFF  U64(0x48000)             /* R|W, lazy: the guest's stack */
+#define STACK_SIZE    U64(0x4000)
+#define UNMAP_OFF  U64(0x40000)             /* R|W, lazy: written, unmapped, re-read as zeros */
+#define UNMAP_SIZE    U64(0x8000)
+#define RO_OFF     U64(0x30000)             /* R, lazy: reads zeros, a write is refused */
+#define RO_SIZE       U64(0x2000)
+#define NX_OFF     U64(0x20000)             /* R|W, lazy: a fetch is refused */
+#define NX_SIZE       U64(0x1000)
+#define MMIO_OFF   U64(0x1000)              /* no region: the emulated console (last page) */
+
+/* Hypercalls (Arm: HVC #n, RISC-V: ECALL with a7 = n); arguments and result
+ * in the first argument registers. */
+#define HC_DONE      0   /* a0 = 0 pass, else the guest's failure code */
+#define HC_REMAP     1   /* unmap [a0, a0 + a1) and map it again, lazily; returns the status */
+#define HC_DENIED    2   /* returns how many accesses the hypervisor refused so far */
+
+#endif
