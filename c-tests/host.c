@@ -28,6 +28,8 @@ struct th_pool {
   char first_error[256];
   axalloc_as_t *as;
   uint32_t format;
+  int top;               /* root level (levels - 1), from axalloc_as_hw */
+  uint32_t root_pages;   /* frames in the root */
   bool destroyed;
   bool check_reach;
 };
@@ -83,8 +85,38 @@ void *th_virt(th_pool_t *p, uint64_t hpa) {
   return p->mem + (hpa - p->base);
 }
 
-static bool present(const th_pool_t *p, uint64_t raw) {
-  return p->format == AXALLOC_FORMAT_X86_EPT ? (raw & 7) != 0 : (raw & 1) != 0;
+/* Entry decoding per format, from the manuals (the library's own encoder
+ * is not used): EPT present = R|W|X, huge = bit 7; NPT present = bit 0, huge =
+ * PS (bit 7); Arm stage 2 valid = bit 0, block = bits 1:0 == 0b01, address
+ * bits 47:12; RISC-V valid = V (bit 0), leaf = R|W|X (bits 3:1), PPN bits
+ * 53:10. */
+static bool is_riscv(uint32_t format) {
+  return format == AXALLOC_FORMAT_RISCV_SV39X4 || format == AXALLOC_FORMAT_RISCV_SV48X4 ||
+         format == AXALLOC_FORMAT_RISCV_SV57X4;
+}
+
+bool th_present(uint32_t format, uint64_t raw) {
+  return format == AXALLOC_FORMAT_X86_EPT ? (raw & 7) != 0 : (raw & 1) != 0;
+}
+
+bool th_huge(uint32_t format, uint64_t raw) {
+  if (format == AXALLOC_FORMAT_ARM_S2) return (raw & 3) == 1;
+  if (is_riscv(format)) return (raw & 0xe) != 0;
+  return (raw & (1u << 7)) != 0;
+}
+
+uint64_t th_addr(uint32_t format, uint64_t raw) {
+  if (format == AXALLOC_FORMAT_ARM_S2) return raw & 0x0000fffffffff000ull;
+  if (is_riscv(format)) return ((raw >> 10) & ((1ull << 44) - 1)) << 12;
+  return raw & ADDR_MASK;
+}
+
+static bool present(const th_pool_t *p, uint64_t raw) { return th_present(p->format, raw); }
+static bool huge(const th_pool_t *p, uint64_t raw) { return th_huge(p->format, raw); }
+static uint64_t addr_of(const th_pool_t *p, uint64_t raw) { return th_addr(p->format, raw); }
+static size_t entries(const th_pool_t *p, int level) { return level == p->top ? 512u * p->root_pages : 512u; }
+static size_t index_of(const th_pool_t *p, uint64_t gpa, int level) {
+  return (gpa >> (12 + 9 * level)) & (entries(p, level) - 1);
 }
 
 static uint64_t load(const uint64_t *e) { return __atomic_load_n(e, __ATOMIC_ACQUIRE); }
@@ -97,12 +129,12 @@ static void walk(th_pool_t *p, uint64_t table, int level,
     error(p, "table at %#llx is not a pool frame", (unsigned long long)table);
     return;
   }
-  visit(p, table, TH_FRAME, true, arg);
-  for (int i = 0; i < 512; i++) {
+  visit(p, table, TH_FRAME * (level == p->top ? p->root_pages : 1), true, arg);
+  for (size_t i = 0; i < entries(p, level); i++) {
     uint64_t raw = load(&t[i]);
     if (!present(p, raw)) continue;
-    uint64_t addr = raw & ADDR_MASK;
-    bool leaf = level == 0 || (raw & (1u << 7));
+    uint64_t addr = addr_of(p, raw);
+    bool leaf = level == 0 || huge(p, raw);
     if (leaf)
       visit(p, addr, 1ull << (12 + 9 * level), false, arg);
     else
@@ -126,7 +158,7 @@ static void find(th_pool_t *p, uint64_t hpa, uint64_t bytes, bool is_table, void
 }
 
 static void scan_locked(th_pool_t *p) {
-  if (p->as && !p->destroyed) walk(p, axalloc_as_root(p->as), 3, mark, NULL);
+  if (p->as && !p->destroyed) walk(p, axalloc_as_root(p->as), p->top, mark, NULL);
 }
 
 void th_scan(th_pool_t *p) {
@@ -176,7 +208,7 @@ static void hook_free(void *ctx, uint64_t hpa) {
     error(p, "frame %#llx freed without a flush since it was last reachable", (unsigned long long)hpa);
   if (p->check_reach && p->as && !p->destroyed) {
     struct find f = {hpa, false};
-    walk(p, axalloc_as_root(p->as), 3, find, &f);
+    walk(p, axalloc_as_root(p->as), p->top, find, &f);
     if (f.found && hpa != axalloc_as_root(p->as))
       error(p, "frame %#llx freed while the table still reaches it", (unsigned long long)hpa);
   }
@@ -185,6 +217,58 @@ static void hook_free(void *ctx, uint64_t hpa) {
   p->free_stack[p->free_top++] = i;
 out:
   pthread_mutex_unlock(&p->lock);
+}
+
+/* 2^order free frames aligned to their size (host-physically: the pool's
+ * base is 1 GiB aligned), lowest first; counted as 2^order allocations. */
+static int32_t hook_alloc_contig(void *ctx, uint32_t order, uint64_t *out) {
+  th_pool_t *p = ctx;
+  pthread_mutex_lock(&p->lock);
+  int32_t rc = -1;
+  size_t n = (size_t)1 << order;
+  if (p->destroyed) error(p, "alloc_contig called after destroy (%llu)", 0);
+  if (order > 4) error(p, "alloc_contig order %llu (the library needs 1..4)", order);
+  if (p->budget == 0 || order > 4) {
+    p->failed++;
+    goto out;
+  }
+  for (size_t first = 0; first + n <= p->frames; first += n) {
+    size_t i = first;
+    while (i < first + n && !p->used[i]) i++;
+    if (i < first + n) continue;
+    if (p->budget > 0) p->budget--;
+    for (i = first; i < first + n; i++) {
+      p->used[i] = 1;
+      p->exposed[i] = -1;
+      if (!p->zeroed) memset(p->mem + i * TH_FRAME, 0xA5, TH_FRAME);
+    }
+    /* take them off the free stack, keeping its order */
+    size_t k = 0;
+    for (size_t j = 0; j < p->free_top; j++)
+      if (p->free_stack[j] < first || p->free_stack[j] >= first + n) p->free_stack[k++] = p->free_stack[j];
+    p->free_top = k;
+    p->allocs += n;
+    *out = p->base + first * TH_FRAME;
+    rc = 0;
+    goto out;
+  }
+  p->failed++;
+out:
+  pthread_mutex_unlock(&p->lock);
+  return rc;
+}
+
+static void hook_free_contig(void *ctx, uint64_t hpa, uint32_t order) {
+  th_pool_t *p = ctx;
+  if (order > 4 || hpa % (TH_FRAME << order)) {
+    pthread_mutex_lock(&p->lock);
+    error(p, "free_contig of a block alloc_contig never gave: %#llx", (unsigned long long)hpa);
+    pthread_mutex_unlock(&p->lock);
+    return;
+  }
+  /* frame by frame, with every check free_frame makes (the root is exempt
+   * from the reachability check, as in hook_free) */
+  for (uint64_t i = 0; i < (1ull << order); i++) hook_free(ctx, hpa + i * TH_FRAME);
 }
 
 static void *hook_p2v(void *ctx, uint64_t hpa) {
@@ -226,6 +310,8 @@ axalloc_hooks_t th_hooks(th_pool_t *p) {
   h.free_frame = hook_free;
   h.phys_to_virt = hook_p2v;
   h.flush_tlb = hook_flush;
+  h.alloc_contig = hook_alloc_contig;
+  h.free_contig = hook_free_contig;
   h.relax = hook_relax;
   return h;
 }
@@ -234,6 +320,12 @@ void th_attach(th_pool_t *p, axalloc_as_t *as, uint32_t format) {
   pthread_mutex_lock(&p->lock);
   p->as = as;
   p->format = format;
+  axalloc_hw_t hw = {0};
+  if (axalloc_as_hw(as, &hw) != AXALLOC_OK || hw.levels < 2 || hw.levels > 5 || hw.root_pages < 1 ||
+      hw.root_pages > 16)
+    error(p, "axalloc_as_hw gave no usable shape (%u levels)", hw.levels);
+  p->top = (int)hw.levels - 1;
+  p->root_pages = hw.root_pages ? hw.root_pages : 1;
   p->destroyed = false;
   scan_locked(p);
   pthread_mutex_unlock(&p->lock);
@@ -267,16 +359,16 @@ const char *th_first_error(const th_pool_t *p) { return p->first_error; }
 bool th_entry(th_pool_t *p, uint64_t gpa, int level, uint64_t *raw_out) {
   if (!p->as) return false;
   uint64_t table = axalloc_as_root(p->as);
-  for (int l = 3; l >= 0; l--) {
+  for (int l = p->top; l >= 0; l--) {
     const uint64_t *t = th_virt(p, table);
     if (!t) return false;
-    uint64_t raw = load(&t[(gpa >> (12 + 9 * l)) & 511]);
+    uint64_t raw = load(&t[index_of(p, gpa, l)]);
     if (l == level) {
       *raw_out = raw;
       return true;
     }
-    if (!present(p, raw) || (raw & (1u << 7))) return false;
-    table = raw & ADDR_MASK;
+    if (!present(p, raw) || huge(p, raw)) return false;
+    table = addr_of(p, raw);
   }
   return false;
 }
@@ -285,14 +377,14 @@ bool th_entry(th_pool_t *p, uint64_t gpa, int level, uint64_t *raw_out) {
 static uint64_t *leaf_entry(th_pool_t *p, uint64_t gpa) {
   if (!p->as) return NULL;
   uint64_t table = axalloc_as_root(p->as);
-  for (int l = 3; l >= 0; l--) {
+  for (int l = p->top; l >= 0; l--) {
     uint64_t *t = th_virt(p, table);
     if (!t) return NULL;
-    uint64_t *e = &t[(gpa >> (12 + 9 * l)) & 511];
+    uint64_t *e = &t[index_of(p, gpa, l)];
     uint64_t raw = load(e);
     if (!present(p, raw)) return NULL;
-    if (l == 0 || (raw & (1u << 7))) return e;
-    table = raw & ADDR_MASK;
+    if (l == 0 || huge(p, raw)) return e;
+    table = addr_of(p, raw);
   }
   return NULL;
 }
@@ -361,20 +453,20 @@ static void list_tables(th_pool_t *p, uint64_t table, int level, uint64_t gpa, t
                         size_t *n) {
   const uint64_t *t = th_virt(p, table);
   uint64_t entry = 1ull << (12 + 9 * level); /* bytes one entry translates */
-  if (*n < max) out[*n] = (th_table_t){table, level, gpa, level == 3 ? 1ull << 48 : 512 * entry};
+  if (*n < max) out[*n] = (th_table_t){table, level, gpa, entries(p, level) * entry};
   (*n)++;
   if (!t || level == 0) return;
-  for (int i = 0; i < 512; i++) {
+  for (size_t i = 0; i < entries(p, level); i++) {
     uint64_t raw = load(&t[i]);
-    if (!present(p, raw) || (raw & (1u << 7))) continue; /* not present, or a huge leaf */
-    list_tables(p, raw & ADDR_MASK, level - 1, gpa + (uint64_t)i * entry, out, max, n);
+    if (!present(p, raw) || huge(p, raw)) continue; /* not present, or a huge leaf */
+    list_tables(p, addr_of(p, raw), level - 1, gpa + (uint64_t)i * entry, out, max, n);
   }
 }
 
 size_t th_list_tables(th_pool_t *p, th_table_t *out, size_t max) {
   size_t n = 0;
   pthread_mutex_lock(&p->lock);
-  if (p->as && !p->destroyed) list_tables(p, axalloc_as_root(p->as), 3, 0, out, max, &n);
+  if (p->as && !p->destroyed) list_tables(p, axalloc_as_root(p->as), p->top, 0, out, max, &n);
   pthread_mutex_unlock(&p->lock);
   return n;
 }
@@ -420,6 +512,16 @@ static void tap_flush(void *ctx, uint64_t gpa, uint64_t size) {
   t->inner.flush_tlb(t->inner.ctx, gpa, size);
 }
 
+static int32_t tap_alloc_contig(void *ctx, uint32_t order, uint64_t *out) {
+  th_tap_t *t = ctx;
+  return t->inner.alloc_contig(t->inner.ctx, order, out);
+}
+
+static void tap_free_contig(void *ctx, uint64_t hpa, uint32_t order) {
+  th_tap_t *t = ctx;
+  t->inner.free_contig(t->inner.ctx, hpa, order);
+}
+
 axalloc_hooks_t th_tap_hooks(th_tap_t *tap) {
   axalloc_hooks_t h = {0};
   h.struct_size = sizeof h;
@@ -428,6 +530,9 @@ axalloc_hooks_t th_tap_hooks(th_tap_t *tap) {
   h.free_frame = tap_free;
   h.phys_to_virt = tap_p2v;
   h.flush_tlb = tap_flush;
+  /* multi-page roots come straight from the pool (not tapped) */
+  h.alloc_contig = tap->inner.alloc_contig ? tap_alloc_contig : NULL;
+  h.free_contig = tap->inner.alloc_contig ? tap_free_contig : NULL;
   h.relax = hook_relax;
   return h;
 }

@@ -76,6 +76,13 @@ bool th_owns(const th_pool_t *p, uint64_t hpa);
 /* Reads the raw entry at `level` (3 = root, 0 = 4 KiB) on the walk to gpa;
  * returns false if the walk stops above that level (non-present entry or leaf). */
 bool th_entry(th_pool_t *p, uint64_t gpa, int level, uint64_t *raw_out);
+
+/* Entry decoding per AXALLOC_FORMAT_*, from the manuals: present / valid;
+ * a leaf above level 0 (EPT/NPT PS, Arm block, RISC-V R|W|X); the address
+ * the entry names. */
+bool th_present(uint32_t format, uint64_t raw);
+bool th_huge(uint32_t format, uint64_t raw);
+uint64_t th_addr(uint32_t format, uint64_t raw);
 /* Sets bits in the raw leaf mapping gpa (as hardware sets accessed/dirty). */
 bool th_set_leaf_bits(th_pool_t *p, uint64_t gpa, uint64_t bits);
 

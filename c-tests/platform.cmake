@@ -162,7 +162,8 @@ file(CONFIGURE OUTPUT "${_plat_gen}/header_c.c" @ONLY CONTENT [=[
 
 #if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
 _Static_assert(sizeof(axalloc_status_t) == 4, "axalloc_status_t is int32_t-sized");
-_Static_assert(sizeof(axalloc_config_t) == 40, "axalloc_config_t layout");
+_Static_assert(sizeof(axalloc_config_t) == 48, "axalloc_config_t layout");
+_Static_assert(sizeof(axalloc_hw_t) == 32, "axalloc_hw_t layout");
 _Static_assert(sizeof(axalloc_stats_t) == 48, "axalloc_stats_t layout");
 _Static_assert(sizeof(axalloc_mapping_t) == 48, "axalloc_mapping_t layout");
 #endif
@@ -452,7 +453,7 @@ static void bm_flush(void *ctx, uint64_t gpa, uint64_t size) {
 int bm_main(void);
 int bm_main(void) {
   axalloc_hooks_t h = {sizeof(axalloc_hooks_t), 0, 0, bm_alloc, bm_free, bm_p2v, bm_flush, 0, 0, 0};
-  axalloc_config_t cfg = {sizeof(axalloc_config_t), AXALLOC_FORMAT_X86_EPT, 0, 0, 0, 1ull << 32, 0};
+  axalloc_config_t cfg = {sizeof(axalloc_config_t), AXALLOC_FORMAT_X86_EPT, 0, 0, 0, 1ull << 32, 0, 0, 0};
   axalloc_as_t *as = 0;
   axalloc_stats_t st;
   uint64_t hpa = 0, ps = 0;

@@ -21,11 +21,28 @@
 #define GPA_LIMIT (1ull << 48)
 #define HPA_LIMIT (1ull << 52)
 
-/* Every test runs for both formats. */
+#define N_ELEMS(a) (sizeof(a) / sizeof((a)[0]))
+
+/* The x86 formats (tests that read x86 entry bits). */
 #define FOR_EACH_FORMAT(fmt) for (uint32_t fmt = AXALLOC_FORMAT_X86_EPT; fmt <= AXALLOC_FORMAT_X86_NPT; fmt++)
+/* Every format, each at its default gpa_bits. */
+#define FOR_ALL_FORMATS(fmt) for (uint32_t fmt = AXALLOC_FORMAT_X86_EPT; fmt <= AXALLOC_FORMAT_RISCV_SV57X4; fmt++)
+
+static inline bool is_riscv_fmt(uint32_t fmt) {
+  return fmt == AXALLOC_FORMAT_RISCV_SV39X4 || fmt == AXALLOC_FORMAT_RISCV_SV48X4 ||
+         fmt == AXALLOC_FORMAT_RISCV_SV57X4;
+}
 
 static inline const char *fmt_name(uint32_t fmt) {
-  return fmt == AXALLOC_FORMAT_X86_EPT ? "EPT" : "NPT";
+  switch (fmt) {
+    case AXALLOC_FORMAT_X86_EPT: return "EPT";
+    case AXALLOC_FORMAT_X86_NPT: return "NPT";
+    case AXALLOC_FORMAT_ARM_S2: return "ARM_S2";
+    case AXALLOC_FORMAT_RISCV_SV39X4: return "SV39X4";
+    case AXALLOC_FORMAT_RISCV_SV48X4: return "SV48X4";
+    case AXALLOC_FORMAT_RISCV_SV57X4: return "SV57X4";
+    default: return "?";
+  }
 }
 
 /* Accessed + dirty bits of a leaf, as hardware sets them. EPT: bits 8, 9

@@ -27,8 +27,17 @@ _Static_assert(AXALLOC_REGION_NONE == 0u && AXALLOC_REGION_ALLOC == 1u && AXALLO
 _Static_assert(offsetof(axalloc_config_t, struct_size) == 0 && offsetof(axalloc_config_t, format) == 4 &&
                    offsetof(axalloc_config_t, flags) == 8 && offsetof(axalloc_config_t, reserved) == 12 &&
                    offsetof(axalloc_config_t, base) == 16 && offsetof(axalloc_config_t, size) == 24 &&
-                   offsetof(axalloc_config_t, linear_offset) == 32 && sizeof(axalloc_config_t) == 40,
+                   offsetof(axalloc_config_t, linear_offset) == 32 && offsetof(axalloc_config_t, gpa_bits) == 40 &&
+                   offsetof(axalloc_config_t, reserved2) == 44 && sizeof(axalloc_config_t) == 48,
                "config layout");
+_Static_assert(offsetof(axalloc_hw_t, root) == 0 && offsetof(axalloc_hw_t, root_pages) == 8 &&
+                   offsetof(axalloc_hw_t, levels) == 12 && offsetof(axalloc_hw_t, root_pointer) == 16 &&
+                   offsetof(axalloc_hw_t, vtcr) == 24 && sizeof(axalloc_hw_t) == 32,
+               "hw layout");
+_Static_assert(AXALLOC_FORMAT_X86_EPT == 1u && AXALLOC_FORMAT_X86_NPT == 2u && AXALLOC_FORMAT_ARM_S2 == 3u &&
+                   AXALLOC_FORMAT_RISCV_SV39X4 == 4u && AXALLOC_FORMAT_RISCV_SV48X4 == 5u &&
+                   AXALLOC_FORMAT_RISCV_SV57X4 == 6u,
+               "formats (issue 10)");
 _Static_assert(offsetof(axalloc_stats_t, regions) == 0 && offsetof(axalloc_stats_t, mapped_bytes) == 8 &&
                    offsetof(axalloc_stats_t, guest_frames) == 16 && offsetof(axalloc_stats_t, table_frames) == 24 &&
                    offsetof(axalloc_stats_t, faults) == 32 && offsetof(axalloc_stats_t, reserve_frames) == 40 &&

@@ -1,5 +1,6 @@
 /* axalloc_as_create / destroy / root / status_str: the "create" bullet. */
 #include <limits.h>
+#include <stddef.h>
 
 #include "sem.h"
 
@@ -49,7 +50,7 @@ static axalloc_config_t cfg_of(uint32_t format, uint32_t flags, uint64_t base, u
 }
 
 static void create_rejects_unknown_format(void) {
-  uint32_t bad[] = {0, 3, 4, 0x80000001u, 0xffffffffu};
+  uint32_t bad[] = {0, 7, 8, 0x80000001u, 0xffffffffu};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
     expect_create("unknown format", cfg_of(bad[i], 0, 0, GIB), NULL, AXALLOC_ERR_INVALID);
   /* positive control: both known formats work with the same window */
@@ -139,8 +140,14 @@ static void fake_free_contig(void *ctx, uint64_t hpa, uint32_t order) {
   (void)hpa;
   (void)order;
 }
-static void only_alloc_contig(axalloc_hooks_t *h) { h->alloc_contig = fake_alloc_contig; }
-static void only_free_contig(axalloc_hooks_t *h) { h->free_contig = fake_free_contig; }
+static void only_alloc_contig(axalloc_hooks_t *h) {
+  h->alloc_contig = fake_alloc_contig;
+  h->free_contig = NULL;
+}
+static void only_free_contig(axalloc_hooks_t *h) {
+  h->alloc_contig = NULL;
+  h->free_contig = fake_free_contig;
+}
 static void both_contig(axalloc_hooks_t *h) {
   h->alloc_contig = fake_alloc_contig;
   h->free_contig = fake_free_contig;
@@ -334,9 +341,198 @@ static void create_then_destroy_returns_every_frame(void) {
   }
 }
 
+/* ---------------------------------------------------------------------- */
+/* Formats and gpa_bits (issue 10). */
+
+static void no_contig(axalloc_hooks_t *h) {
+  h->alloc_contig = NULL;
+  h->free_contig = NULL;
+}
+
+static axalloc_config_t cfg_bits(uint32_t format, uint32_t bits, uint64_t base, uint64_t size) {
+  axalloc_config_t c = cfg_of(format, 0, base, size);
+  c.gpa_bits = bits;
+  return c;
+}
+
+/* gpa_bits: EPT/NPT 48 or 57, Arm 32..48, RISC-V its mode's width; 0 the
+ * default; anything else INVALID. The window must fit 2^gpa_bits. */
+static void create_gpa_bits_per_format(void) {
+  struct {
+    uint32_t fmt, bits;
+    axalloc_status_t want;
+  } cases[] = {
+      {AXALLOC_FORMAT_X86_EPT, 48, AXALLOC_OK},         {AXALLOC_FORMAT_X86_EPT, 57, AXALLOC_OK},
+      {AXALLOC_FORMAT_X86_EPT, 39, AXALLOC_ERR_INVALID}, {AXALLOC_FORMAT_X86_EPT, 52, AXALLOC_ERR_INVALID},
+      {AXALLOC_FORMAT_X86_NPT, 57, AXALLOC_OK},         {AXALLOC_FORMAT_X86_NPT, 64, AXALLOC_ERR_INVALID},
+      {AXALLOC_FORMAT_ARM_S2, 32, AXALLOC_OK},          {AXALLOC_FORMAT_ARM_S2, 40, AXALLOC_OK},
+      {AXALLOC_FORMAT_ARM_S2, 42, AXALLOC_OK},          {AXALLOC_FORMAT_ARM_S2, 48, AXALLOC_OK},
+      {AXALLOC_FORMAT_ARM_S2, 31, AXALLOC_ERR_INVALID}, {AXALLOC_FORMAT_ARM_S2, 49, AXALLOC_ERR_INVALID},
+      {AXALLOC_FORMAT_RISCV_SV39X4, 41, AXALLOC_OK},    {AXALLOC_FORMAT_RISCV_SV39X4, 39, AXALLOC_ERR_INVALID},
+      {AXALLOC_FORMAT_RISCV_SV48X4, 50, AXALLOC_OK},    {AXALLOC_FORMAT_RISCV_SV48X4, 48, AXALLOC_ERR_INVALID},
+      {AXALLOC_FORMAT_RISCV_SV57X4, 59, AXALLOC_OK},    {AXALLOC_FORMAT_RISCV_SV57X4, 57, AXALLOC_ERR_INVALID},
+      {AXALLOC_FORMAT_X86_EPT, ~0u, AXALLOC_ERR_INVALID},
+  };
+  for (size_t i = 0; i < N_ELEMS(cases); i++) {
+    expect_create("gpa_bits", cfg_bits(cases[i].fmt, cases[i].bits, 0, GIB), NULL, cases[i].want);
+    if (cases[i].want != AXALLOC_OK) continue;
+    uint64_t top = 1ull << cases[i].bits;
+    expect_create("last page below 2^gpa_bits", cfg_bits(cases[i].fmt, cases[i].bits, top - PAGE, PAGE), NULL,
+                  AXALLOC_OK);
+    expect_create("whole 2^gpa_bits", cfg_bits(cases[i].fmt, cases[i].bits, 0, top), NULL, AXALLOC_OK);
+    expect_create("one page past 2^gpa_bits", cfg_bits(cases[i].fmt, cases[i].bits, 0, top + PAGE), NULL,
+                  AXALLOC_ERR_INVALID);
+  }
+  /* the defaults: EPT/NPT 48, Arm 40, RISC-V the mode's width */
+  expect_create("EPT default 48", cfg_bits(AXALLOC_FORMAT_X86_EPT, 0, GPA_LIMIT - PAGE, PAGE), NULL, AXALLOC_OK);
+  expect_create("EPT default is not 57", cfg_bits(AXALLOC_FORMAT_X86_EPT, 0, GPA_LIMIT, PAGE), NULL,
+                AXALLOC_ERR_INVALID);
+  expect_create("Arm default 40", cfg_bits(AXALLOC_FORMAT_ARM_S2, 0, (1ull << 40) - PAGE, PAGE), NULL, AXALLOC_OK);
+  expect_create("Arm default is not 41", cfg_bits(AXALLOC_FORMAT_ARM_S2, 0, 1ull << 40, PAGE), NULL,
+                AXALLOC_ERR_INVALID);
+  expect_create("Sv39x4 default 41", cfg_bits(AXALLOC_FORMAT_RISCV_SV39X4, 0, (1ull << 41) - PAGE, PAGE), NULL,
+                AXALLOC_OK);
+}
+
+static void create_rejects_nonzero_reserved2(void) {
+  FOR_ALL_FORMATS(fmt) {
+    axalloc_config_t c = cfg_of(fmt, 0, 0, GIB);
+    c.reserved2 = 1;
+    expect_create("reserved2", c, NULL, AXALLOC_ERR_INVALID);
+  }
+}
+
+/* A multi-page root (Arm concatenated, RISC-V x4) needs alloc_contig:
+ * UNSUPPORTED without it, nothing held; single-page roots do not. */
+static void multi_page_root_needs_alloc_contig(void) {
+  expect_create("Arm 40 bits: 2 root pages", cfg_bits(AXALLOC_FORMAT_ARM_S2, 40, 0, GIB), no_contig,
+                AXALLOC_ERR_UNSUPPORTED);
+  expect_create("Arm 32 bits: 4 root pages", cfg_bits(AXALLOC_FORMAT_ARM_S2, 32, 0, GIB), no_contig,
+                AXALLOC_ERR_UNSUPPORTED);
+  expect_create("Sv39x4", cfg_bits(AXALLOC_FORMAT_RISCV_SV39X4, 0, 0, GIB), no_contig, AXALLOC_ERR_UNSUPPORTED);
+  expect_create("Sv57x4", cfg_bits(AXALLOC_FORMAT_RISCV_SV57X4, 0, 0, GIB), no_contig, AXALLOC_ERR_UNSUPPORTED);
+  expect_create("Arm 39 bits: 1 root page", cfg_bits(AXALLOC_FORMAT_ARM_S2, 39, 0, GIB), no_contig, AXALLOC_OK);
+  expect_create("Arm 44 bits: 1 root page", cfg_bits(AXALLOC_FORMAT_ARM_S2, 44, 0, GIB), no_contig, AXALLOC_OK);
+  expect_create("EPT 57", cfg_bits(AXALLOC_FORMAT_X86_EPT, 57, 0, GIB), no_contig, AXALLOC_OK);
+  /* alloc_contig failing is NO_MEMORY, nothing held */
+  expect_create("alloc_contig fails", cfg_bits(AXALLOC_FORMAT_ARM_S2, 42, 0, GIB), both_contig,
+                AXALLOC_ERR_NO_MEMORY);
+}
+
+/* axalloc_as_hw per format and gpa_bits: root, root pages, levels, the root
+ * pointer (EPTP / nCR3 / VTTBR_EL2 / hgatp) and VTCR_EL2 (Arm). The root
+ * comes from alloc_contig aligned to its size, is counted in table_frames
+ * and is freed whole. */
+static void as_hw_per_format(void) {
+  struct {
+    uint32_t fmt, bits, pages, levels;
+    uint64_t ptr_low, vtcr; /* root_pointer minus the root's address bits */
+  } cases[] = {
+      {AXALLOC_FORMAT_X86_EPT, 0, 1, 4, 0x1e, 0},
+      {AXALLOC_FORMAT_X86_EPT, 57, 1, 5, 0x26, 0},
+      {AXALLOC_FORMAT_X86_NPT, 0, 1, 4, 0, 0},
+      {AXALLOC_FORMAT_X86_NPT, 57, 1, 5, 0, 0},
+      /* VTCR_EL2: T0SZ = 64 - bits, SL0 = levels - 2, IRGN0 = ORGN0 = 01,
+       * SH0 = 11, TG0 = 00 */
+      {AXALLOC_FORMAT_ARM_S2, 32, 4, 2, 0, 0x3520},
+      {AXALLOC_FORMAT_ARM_S2, 34, 16, 2, 0, 0x351e},
+      {AXALLOC_FORMAT_ARM_S2, 39, 1, 3, 0, 0x3559},
+      {AXALLOC_FORMAT_ARM_S2, 40, 2, 3, 0, 0x3558},
+      {AXALLOC_FORMAT_ARM_S2, 42, 8, 3, 0, 0x3556},
+      {AXALLOC_FORMAT_ARM_S2, 44, 1, 4, 0, 0x3594},
+      {AXALLOC_FORMAT_ARM_S2, 48, 1, 4, 0, 0x3590},
+      /* hgatp: MODE 8 / 9 / 10 at 63:60, PPN in 43:0 */
+      {AXALLOC_FORMAT_RISCV_SV39X4, 0, 4, 3, 8ull << 60, 0},
+      {AXALLOC_FORMAT_RISCV_SV48X4, 0, 4, 4, 9ull << 60, 0},
+      {AXALLOC_FORMAT_RISCV_SV57X4, 0, 4, 5, 10ull << 60, 0},
+  };
+  for (size_t i = 0; i < N_ELEMS(cases); i++) {
+    th_pool_t *p = th_pool_new(64, 0x40000000ull, false);
+    axalloc_hooks_t h = th_hooks(p);
+    axalloc_config_t c = cfg_bits(cases[i].fmt, cases[i].bits, 0, GIB);
+    axalloc_as_t *as = NULL;
+    CHECK_STATUS(axalloc_as_create(&c, &h, &as), AXALLOC_OK);
+    if (!as) continue;
+    th_attach(p, as, cases[i].fmt);
+    axalloc_hw_t hw;
+    memset(&hw, 0xa5, sizeof hw);
+    CHECK_STATUS(axalloc_as_hw(as, &hw), AXALLOC_OK);
+    uint64_t root = axalloc_as_root(as);
+    CHECK_EQ_U64(hw.root, root);
+    CHECK_EQ_U64(hw.root_pages, cases[i].pages);
+    CHECK_EQ_U64(hw.levels, cases[i].levels);
+    CHECK_EQ_U64(hw.vtcr, cases[i].vtcr);
+    CHECK_EQ_U64(root % (PAGE * cases[i].pages), 0); /* aligned to its size */
+    uint64_t ptr = is_riscv_fmt(cases[i].fmt) ? root >> 12 : root;
+    CHECK_EQ_U64(hw.root_pointer, ptr | cases[i].ptr_low);
+    axalloc_stats_t s;
+    CHECK_STATUS(axalloc_as_stats(as, &s), AXALLOC_OK);
+    CHECK_EQ_U64(s.table_frames, cases[i].pages);
+    CHECK_EQ_U64(th_in_use(p), 1 + cases[i].pages); /* + the object's frame */
+    /* the root is all empty entries: nothing maps */
+    CHECK_STATUS(axalloc_translate(as, 0, NULL, NULL), AXALLOC_ERR_NOT_MAPPED);
+    th_check_reachability(p, false);
+    axalloc_as_destroy(as);
+    th_mark_destroyed(p);
+    CHECK_EQ_U64(th_in_use(p), 0);
+    CHECK_EQ_U64(th_frees(p), th_allocs(p));
+    CHECK_EQ_U64(th_errors(p), 0);
+    th_pool_free(p);
+  }
+}
+
+/* A config of 0.2.0's size (ending before gpa_bits) is accepted and means
+ * gpa_bits = 0: the format's default. */
+static void config_of_0_2_0_size_means_default_gpa_bits(void) {
+  FOR_ALL_FORMATS(fmt) {
+    th_pool_t *p = th_pool_new(64, 0x40000000ull, false);
+    axalloc_hooks_t h = th_hooks(p);
+    axalloc_config_t c = cfg_bits(fmt, 57, 0, GIB); /* past the old end: must not be read */
+    c.reserved2 = 7;
+    c.struct_size = offsetof(axalloc_config_t, gpa_bits);
+    axalloc_as_t *as = NULL;
+    CHECK_STATUS(axalloc_as_create(&c, &h, &as), AXALLOC_OK);
+    if (as) {
+      axalloc_hw_t hw;
+      CHECK_STATUS(axalloc_as_hw(as, &hw), AXALLOC_OK);
+      axalloc_config_t d = cfg_bits(fmt, 0, 0, GIB);
+      axalloc_as_t *as2 = NULL;
+      CHECK_STATUS(axalloc_as_create(&d, &h, &as2), AXALLOC_OK);
+      axalloc_hw_t hw2;
+      CHECK_STATUS(axalloc_as_hw(as2, &hw2), AXALLOC_OK);
+      CHECK_EQ_U64(hw.levels, hw2.levels);
+      CHECK_EQ_U64(hw.root_pages, hw2.root_pages);
+      CHECK_EQ_U64(hw.vtcr, hw2.vtcr);
+      axalloc_as_destroy(as2);
+      axalloc_as_destroy(as);
+    }
+    CHECK_EQ_U64(th_in_use(p), 0);
+    th_pool_free(p);
+  }
+}
+
+/* AXALLOC_CFG_RISCV_SVPBMT: accepted for the RISC-V formats, INVALID for
+ * the others. */
+static void svpbmt_only_for_riscv(void) {
+  FOR_ALL_FORMATS(fmt) {
+    axalloc_status_t want = is_riscv_fmt(fmt) ? AXALLOC_OK : AXALLOC_ERR_INVALID;
+    expect_create("svpbmt", cfg_of(fmt, AXALLOC_CFG_RISCV_SVPBMT, 0, GIB), NULL, want);
+  }
+}
+
+static void as_hw_rejects_null(void) {
+  axalloc_hw_t hw;
+  CHECK_STATUS(axalloc_as_hw(NULL, &hw), AXALLOC_ERR_INVALID);
+  th_fx_t f = th_fx_new(AXALLOC_FORMAT_X86_EPT, 0, 0, GIB, 16);
+  CHECK_STATUS(axalloc_as_hw(f.as, NULL), AXALLOC_ERR_INVALID);
+  CHECK(th_fx_done(&f) == 0);
+}
+
 TEST_MAIN(T(create_rejects_unknown_format), T(create_rejects_unknown_cfg_bits), T(create_rejects_unaligned_window),
           T(create_rejects_empty_window), T(create_rejects_overflowing_window),
           T(create_rejects_window_beyond_48_bits), T(create_rejects_null_arguments),
           T(create_requires_alloc_free_p2v_hooks), T(create_requires_free_contig_iff_alloc_contig),
           T(create_no_memory_at_every_allocation_point), T(as_root_nonzero_and_constant), T(status_str_never_null),
-          T(null_as_is_harmless), T(create_then_destroy_returns_every_frame))
+          T(null_as_is_harmless), T(create_then_destroy_returns_every_frame), T(create_gpa_bits_per_format),
+          T(create_rejects_nonzero_reserved2), T(multi_page_root_needs_alloc_contig), T(as_hw_per_format),
+          T(config_of_0_2_0_size_means_default_gpa_bits), T(svpbmt_only_for_riscv), T(as_hw_rejects_null))

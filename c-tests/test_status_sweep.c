@@ -30,6 +30,7 @@ static const status_list_t lists[] = {
     {"axalloc_as_create",
      {AXALLOC_OK, AXALLOC_ERR_INVALID, AXALLOC_ERR_UNSUPPORTED, AXALLOC_ERR_NO_MEMORY, AXALLOC_ERR_HOOK, END}},
     {"axalloc_as_stats", {AXALLOC_OK, AXALLOC_ERR_INVALID, END}},
+    {"axalloc_as_hw", {AXALLOC_OK, AXALLOC_ERR_INVALID, END}},
     {"axalloc_reserve",
      {AXALLOC_OK, AXALLOC_ERR_INVALID, AXALLOC_ERR_NO_MEMORY, AXALLOC_ERR_HOOK, AXALLOC_ERR_INTERNAL, END}},
     {"axalloc_map_alloc",
@@ -132,7 +133,7 @@ static void sweep_create(void) {
       axalloc_config_t c;
       uint64_t more[2];
     } big;
-    uint32_t formats[] = {0, 3, AXALLOC_READ | AXALLOC_CFG_NO_HUGE_1G, AXALLOC_CFG_NO_HUGE_1G, ~0u};
+    uint32_t formats[] = {0, 7, AXALLOC_READ | AXALLOC_CFG_NO_HUGE_1G, AXALLOC_CFG_NO_HUGE_1G, ~0u};
     uint32_t struct_sizes[] = {0, 4, sizeof good - 1, sizeof good + 16, 4097, ~0u};
     uint64_t windows[][2] = {{0, 0}, {1, GIB}, {0, GIB + 1}, {~0ull - PAGE + 1, 2 * PAGE}, {0, GPA_LIMIT + PAGE},
                              {GPA_LIMIT, PAGE}, {0, GPA_LIMIT}};
@@ -193,6 +194,10 @@ static void sweep_stats_reserve(void) {
     EXPECT_LISTED(axalloc_as_stats, axalloc_as_stats(NULL, &s), "NULL as");
     EXPECT_LISTED(axalloc_as_stats, axalloc_as_stats(f.as, NULL), "NULL out");
     EXPECT_LISTED(axalloc_as_stats, axalloc_as_stats(f.as, &s), "good");
+    axalloc_hw_t hw;
+    EXPECT_LISTED(axalloc_as_hw, axalloc_as_hw(NULL, &hw), "NULL as");
+    EXPECT_LISTED(axalloc_as_hw, axalloc_as_hw(f.as, NULL), "NULL out");
+    EXPECT_LISTED(axalloc_as_hw, axalloc_as_hw(f.as, &hw), "good");
     uint64_t counts[] = {0, 1, 16, 1ull << 20, ~0ull, 0};
     EXPECT_LISTED(axalloc_reserve, axalloc_reserve(NULL, 1), "NULL as");
     for (size_t i = 0; i < N_ARR(counts); i++)

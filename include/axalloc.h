@@ -154,6 +154,36 @@
 #define AXALLOC_FORMAT_X86_NPT 2u
 
 /**
+ * Arm VMSAv8-64 stage 2, 4 KiB granule (`gpa_bits` 32..48, default 40):
+ * load `axalloc_hw_t.root_pointer` into VTTBR_EL2 (VMID 0: OR in yours at
+ * bits 63:48) and `vtcr` into VTCR_EL2 with the host's own PS, VS, HA/HD
+ * and the rest. Leaves: S2AP from READ/WRITE, XN (bits 54:53 = 0b10)
+ * without EXEC, AF = 1, SH inner shareable, MemAttr Normal write-back
+ * (0b1111) or Device-nGnRE (0b0001) with `AXALLOC_DEVICE`. Frames must lie
+ * below 2^48 (48-bit output addresses).
+ */
+#define AXALLOC_FORMAT_ARM_S2 3u
+
+/**
+ * RISC-V H-extension G-stage Sv39x4: 41-bit guest-physical addresses,
+ * 3 levels, 16 KiB root (from `alloc_contig`, order 2). Load
+ * `axalloc_hw_t.root_pointer` into hgatp (MODE 8, VMID 0: OR in yours at
+ * bits 57:44). Leaves have U = 1, A = 1, D = 1 when writable; DEVICE is
+ * PBMT = IO with `AXALLOC_CFG_RISCV_SVPBMT`, else left to the PMAs.
+ */
+#define AXALLOC_FORMAT_RISCV_SV39X4 4u
+
+/**
+ * RISC-V G-stage Sv48x4: 50-bit, 4 levels, 16 KiB root; hgatp MODE 9.
+ */
+#define AXALLOC_FORMAT_RISCV_SV48X4 5u
+
+/**
+ * RISC-V G-stage Sv57x4: 59-bit, 5 levels, 16 KiB root; hgatp MODE 10.
+ */
+#define AXALLOC_FORMAT_RISCV_SV57X4 6u
+
+/**
  * Config flag (bits 8-15): the alloc hooks return zeroed frames, so the
  * library does not zero guest frames. It speaks of guest frames only: table
  * frames are always zeroed (initialised) by the library, with or without
@@ -168,8 +198,12 @@
 #define AXALLOC_CFG_NO_HUGE_1G (1u << 9)
 
 /**
- * Config flag, reserved for RISC-V Svpbmt memory types: this version
- * answers `AXALLOC_ERR_UNSUPPORTED`.
+ * Config flag, RISC-V formats only (`AXALLOC_ERR_INVALID` with any other):
+ * the harts implement Svpbmt, so `AXALLOC_DEVICE` leaves get PBMT = IO
+ * (bits 62:61 = 2: non-cacheable, strongly ordered). Without it every
+ * leaf has PBMT = 0 and the memory type of a page is the PMA of its host
+ * address — DEVICE then changes nothing in the leaf, and device ranges
+ * must be I/O regions in the platform's PMAs.
  */
 #define AXALLOC_CFG_RISCV_SVPBMT (1u << 10)
 
@@ -250,7 +284,7 @@ struct axalloc_config {
   uint32_t reserved;
   /**
    * Guest-physical window `[base, base + size)` every mapping must lie in:
-   * 4 KiB aligned, non-empty, inside the format's 48-bit space.
+   * 4 KiB aligned, non-empty, inside `[0, 2^gpa_bits)`.
    */
   uint64_t base;
   /**
@@ -263,6 +297,30 @@ struct axalloc_config {
    * higher-half direct map does). Must be 0 without the flag.
    */
   uint64_t linear_offset;
+  /**
+   * Width of the guest-physical space; 0 = the format's default (also
+   * what a struct of 0.2.0's size, which ends before this field, means).
+   * - EPT / NPT: 48 (4 levels, the default) or 57 (5 levels: EPTP
+   *   page-walk length 5 / an LA57 host for NPT).
+   * - Arm stage 2: 32..48 (default 40). The library takes the fewest
+   *   lookup levels, concatenating up to 16 root tables, as Linux KVM
+   *   does: 32..34 → start level 2 (4, 8, 16 root pages); 35..39 → start
+   *   level 1, 1 page; 40..43 → start level 1, 2, 4, 8, 16 pages;
+   *   44..48 → start level 0, 1 page. `axalloc_as_hw` gives the choice
+   *   (`levels`, `root_pages`, VTCR_EL2.T0SZ / SL0 in `vtcr`).
+   * - RISC-V: the mode's width only (Sv39x4 41, Sv48x4 50, Sv57x4 59).
+   *
+   * Any other value is `AXALLOC_ERR_INVALID`. A multi-page root (Arm
+   * concatenated, RISC-V x4) comes from `alloc_contig`; without that
+   * hook such a config is `AXALLOC_ERR_UNSUPPORTED`.
+   */
+  uint32_t gpa_bits;
+  /**
+   * Must be 0 (`AXALLOC_ERR_INVALID` otherwise). Named `reserved2`: C
+   * allows one `reserved` per struct, and the first one stays where
+   * 0.2.0 put it.
+   */
+  uint32_t reserved2;
 };
 
 /**
@@ -347,12 +405,19 @@ struct axalloc_hooks {
    * Optional (not used by this version for guest RAM; reserved for 2 MiB
    * pages and multi-frame roots). May run under the lock, like
    * `alloc_frame`. Obtains 2^`order` contiguous frames,
-   * aligned to their size; returns 0 on success.
+   * aligned to their size; returns 0 on success. Used for multi-page
+   * roots (Arm concatenated root tables, order 1..4; RISC-V x4 roots,
+   * order 2), once per `axalloc_as_create`. `phys_to_virt` of the
+   * block's first frame (or the direct map) must show the whole block
+   * contiguously. A misaligned or too-high block is handed back through
+   * `free_contig` and the call fails with `AXALLOC_ERR_HOOK`.
    */
   int32_t (*alloc_contig)(void *ctx, uint32_t order, uint64_t *hpa_out);
   /**
-   * Required exactly when `alloc_contig` is given. Takes back a block.
-   * Never called with the lock held.
+   * Required exactly when `alloc_contig` is given. Takes back a block
+   * (with its `order`), exactly once: a multi-page root at
+   * `axalloc_as_destroy`, after its `flush_tlb`. Never called with the
+   * lock held.
    */
   void (*free_contig)(void *ctx, uint64_t hpa, uint32_t order);
   /**
@@ -373,6 +438,54 @@ typedef struct axalloc_hooks axalloc_hooks_t;
  * See `struct axalloc_as`.
  */
 typedef struct axalloc_as axalloc_as_t;
+
+/**
+ * What the hardware needs to walk an address space's table
+ * (`axalloc_as_hw`). Constant for the life of the address space.
+ */
+struct axalloc_hw {
+  /**
+   * Host-physical address of the root (the first frame of a multi-page
+   * root); equal to `axalloc_as_root`.
+   */
+  uint64_t root;
+  /**
+   * Frames in the root: 1; 2..16 (Arm concatenated root tables: 4, 8 or
+   * 16 with 2 levels, 2..16 at start level 1); 4 (RISC-V x4 roots).
+   */
+  uint32_t root_pages;
+  /**
+   * Lookup levels, root included: EPT / NPT 4 or 5; Arm 2..4 (start
+   * level 4 - levels); RISC-V 3 (Sv39x4), 4 (Sv48x4), 5 (Sv57x4).
+   */
+  uint32_t levels;
+  /**
+   * The value to load:
+   * - EPT: the EPTP, `root | (levels - 1) << 3 | 6` (write-back paging
+   *   structures, page-walk length; A/D enable (bit 6) 0: the library
+   *   needs no accessed/dirty bits — set it if you want them).
+   * - NPT: nCR3 = `root` (PWT = PCD = 0). 5 levels need CR4.LA57 on.
+   * - Arm: VTTBR_EL2 = `root` (BADDR, aligned to the root's size), VMID
+   *   0: OR yours in at bits 63:48; CnP 0.
+   * - RISC-V: hgatp = MODE (8 Sv39x4, 9 Sv48x4, 10 Sv57x4) << 60 |
+   *   `root >> 12`, VMID 0: OR yours in at bits 57:44.
+   */
+  uint64_t root_pointer;
+  /**
+   * Arm: the VTCR_EL2 fields the table decides — T0SZ (5:0) = 64 -
+   * gpa_bits, SL0 (7:6) = levels - 2 (0 start level 2, 1 level 1, 2
+   * level 0), IRGN0 = ORGN0 = 0b01 (write-back write-allocate walks),
+   * SH0 = 0b11 (inner shareable), TG0 = 0b00 (4 KiB). The host ORs in
+   * PS (its physical address size), VS, HA/HD and the rest. 0 for the
+   * other formats.
+   */
+  uint64_t vtcr;
+};
+
+/**
+ * See `struct axalloc_hw`.
+ */
+typedef struct axalloc_hw axalloc_hw_t;
 
 /**
  * Counters of an address space (exact when no call is in progress).
@@ -556,7 +669,9 @@ uint32_t axalloc_version(void);
 
 /**
  * Creates an address space: validates `cfg` and `hooks`, takes one frame for
- * its own state and one for the root table (both through `alloc_frame`).
+ * its own state (`alloc_frame`) and the root table: one frame through
+ * `alloc_frame`, or a multi-page root (`axalloc_hw_t.root_pages` > 1)
+ * through `alloc_contig`.
  *
  * - `cfg`, `hooks`, `as_out`: non-NULL; `cfg` and `hooks` are copied.
  * - `struct_size` (first field of both structs): `sizeof` of the caller's
@@ -572,20 +687,24 @@ uint32_t axalloc_version(void);
  * - `AXALLOC_ERR_INVALID`: a NULL pointer; a bad `struct_size`; `format`
  *   not one of `AXALLOC_FORMAT_*` (a flag given as a format included);
  *   `flags` with a bit outside the known `AXALLOC_CFG_*` (a map flag given
- *   as a config flag included); the window unaligned, empty, overflowing or
- *   beyond 48 bits; `linear_offset` unaligned, or non-zero without
+ *   as a config flag included); `AXALLOC_CFG_RISCV_SVPBMT` with a
+ *   non-RISC-V format; `gpa_bits` not one the format allows; a non-zero
+ *   `reserved2`; the window unaligned, empty, overflowing or beyond
+ *   `2^gpa_bits`; `linear_offset` unaligned, or non-zero without
  *   `AXALLOC_CFG_LINEAR_MAP`; a required hook NULL; `free_contig` given
  *   without `alloc_contig` or the reverse.
- * - `AXALLOC_ERR_UNSUPPORTED`: a reserved `AXALLOC_CFG_*` flag
- *   (`RISCV_SVPBMT`, `HW_AD`, `ARM_S2FWB`), a non-zero `reserved` field, or
- *   a non-zero unknown tail of a larger struct.
- * - `AXALLOC_ERR_NO_MEMORY`: `alloc_frame` failed.
- * - `AXALLOC_ERR_HOOK`: `alloc_frame` gave a misaligned / too-high frame,
- *   or `phys_to_virt` returned NULL or a misaligned pointer.
+ * - `AXALLOC_ERR_UNSUPPORTED`: a reserved `AXALLOC_CFG_*` flag (`HW_AD`,
+ *   `ARM_S2FWB`), a non-zero `reserved` field, a non-zero unknown tail of
+ *   a larger struct, or a format / `gpa_bits` whose root is several pages
+ *   (Arm concatenated, every RISC-V format) without `alloc_contig`.
+ * - `AXALLOC_ERR_NO_MEMORY`: `alloc_frame` or `alloc_contig` failed.
+ * - `AXALLOC_ERR_HOOK`: `alloc_frame` / `alloc_contig` gave a misaligned /
+ *   too-high frame, or `phys_to_virt` returned NULL or a misaligned
+ *   pointer.
  *
  * On error `*as_out` is untouched and no frame is held. Hooks called:
- * `alloc_frame`, `phys_to_virt`, and `free_frame` on error; no lock exists
- * yet.
+ * `alloc_frame`, `alloc_contig` (multi-page roots), `phys_to_virt`, and
+ * `free_frame` / `free_contig` on error; no lock exists yet.
  *
  * # Safety
  * Pointers valid as described (`struct_size` readable bytes each); hooks
@@ -598,13 +717,15 @@ axalloc_status_t axalloc_as_create(const axalloc_config_t *cfg,
 /**
  * Destroys an address space: calls `flush_tlb` once over the whole window
  * (translations cached under this root must not outlive it), then gives
- * every frame the library obtained back through `free_frame`, exactly
+ * every frame the library obtained back through `free_frame` (a multi-page
+ * root through `free_contig`, whole), exactly
  * once. `as` may be NULL (no-op). No hook of this address space is called
  * after it returns. Returns no status (it cannot fail).
  *
  * Not thread-safe: no other call on `as` may be in progress or follow. The
  * hypervisor must have stopped every vCPU using the table. Hooks called:
- * `flush_tlb`, `phys_to_virt` (walking the table), `free_frame`; no lock
+ * `flush_tlb`, `phys_to_virt` (walking the table), `free_frame`,
+ * `free_contig`; no lock
  * is contended.
  *
  * # Safety
@@ -622,6 +743,20 @@ void axalloc_as_destroy(axalloc_as_t *as);
  * `as` is NULL or a live handle.
  */
 uint64_t axalloc_as_root(const axalloc_as_t *as);
+
+/**
+ * Fills `*out` with what the hardware needs to walk the table (see
+ * `axalloc_hw_t`). Thread-safe; no lock, no hook; the values never change
+ * for the life of the address space.
+ *
+ * Returns:
+ * - `AXALLOC_OK`.
+ * - `AXALLOC_ERR_INVALID`: `as` or `out` is NULL.
+ *
+ * # Safety
+ * `as` is NULL or a live handle; `out` is NULL or writable.
+ */
+axalloc_status_t axalloc_as_hw(const axalloc_as_t *as, axalloc_hw_t *out);
 
 /**
  * Copies the counters into `*out`. Thread-safe; takes the shared lock

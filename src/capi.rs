@@ -20,7 +20,7 @@ use core::ptr::NonNull;
 use crate::addr::Gpa;
 use crate::error::Error;
 use crate::flags::{Access, Flags};
-use crate::format::FormatKind;
+use crate::format::{Family, FormatKind};
 use crate::hooks::Hooks;
 use crate::region::Backend;
 use crate::space::{AddrSpace, Config, Found};
@@ -177,6 +177,24 @@ pub const AXALLOC_FORMAT_X86_EPT: u32 = 1;
 /// VMCB's nCR3 is `axalloc_as_root(as)` as it is (PWT/PCD 0: tables
 /// write-back through host PAT entry 0).
 pub const AXALLOC_FORMAT_X86_NPT: u32 = 2;
+/// Arm VMSAv8-64 stage 2, 4 KiB granule (`gpa_bits` 32..48, default 40):
+/// load `axalloc_hw_t.root_pointer` into VTTBR_EL2 (VMID 0: OR in yours at
+/// bits 63:48) and `vtcr` into VTCR_EL2 with the host's own PS, VS, HA/HD
+/// and the rest. Leaves: S2AP from READ/WRITE, XN (bits 54:53 = 0b10)
+/// without EXEC, AF = 1, SH inner shareable, MemAttr Normal write-back
+/// (0b1111) or Device-nGnRE (0b0001) with `AXALLOC_DEVICE`. Frames must lie
+/// below 2^48 (48-bit output addresses).
+pub const AXALLOC_FORMAT_ARM_S2: u32 = 3;
+/// RISC-V H-extension G-stage Sv39x4: 41-bit guest-physical addresses,
+/// 3 levels, 16 KiB root (from `alloc_contig`, order 2). Load
+/// `axalloc_hw_t.root_pointer` into hgatp (MODE 8, VMID 0: OR in yours at
+/// bits 57:44). Leaves have U = 1, A = 1, D = 1 when writable; DEVICE is
+/// PBMT = IO with `AXALLOC_CFG_RISCV_SVPBMT`, else left to the PMAs.
+pub const AXALLOC_FORMAT_RISCV_SV39X4: u32 = 4;
+/// RISC-V G-stage Sv48x4: 50-bit, 4 levels, 16 KiB root; hgatp MODE 9.
+pub const AXALLOC_FORMAT_RISCV_SV48X4: u32 = 5;
+/// RISC-V G-stage Sv57x4: 59-bit, 5 levels, 16 KiB root; hgatp MODE 10.
+pub const AXALLOC_FORMAT_RISCV_SV57X4: u32 = 6;
 
 /// Config flag (bits 8-15): the alloc hooks return zeroed frames, so the
 /// library does not zero guest frames. It speaks of guest frames only: table
@@ -186,8 +204,12 @@ pub const AXALLOC_CFG_FRAMES_ZEROED: u32 = 1 << 8;
 /// Config flag: never create 1 GiB leaves (for CPUs without 1 GiB stage-2
 /// pages).
 pub const AXALLOC_CFG_NO_HUGE_1G: u32 = 1 << 9;
-/// Config flag, reserved for RISC-V Svpbmt memory types: this version
-/// answers `AXALLOC_ERR_UNSUPPORTED`.
+/// Config flag, RISC-V formats only (`AXALLOC_ERR_INVALID` with any other):
+/// the harts implement Svpbmt, so `AXALLOC_DEVICE` leaves get PBMT = IO
+/// (bits 62:61 = 2: non-cacheable, strongly ordered). Without it every
+/// leaf has PBMT = 0 and the memory type of a page is the PMA of its host
+/// address — DEVICE then changes nothing in the leaf, and device ranges
+/// must be I/O regions in the platform's PMAs.
 pub const AXALLOC_CFG_RISCV_SVPBMT: u32 = 1 << 10;
 /// Config flag, reserved for hardware-managed accessed/dirty bits: this
 /// version answers `AXALLOC_ERR_UNSUPPORTED`.
@@ -202,8 +224,11 @@ pub const AXALLOC_CFG_ARM_S2FWB: u32 = 1 << 12;
 /// `axalloc_read`/`axalloc_write` copy through).
 pub const AXALLOC_CFG_LINEAR_MAP: u32 = 1 << 13;
 
-const CFG_KNOWN: u32 = AXALLOC_CFG_FRAMES_ZEROED | AXALLOC_CFG_NO_HUGE_1G | AXALLOC_CFG_LINEAR_MAP;
-const CFG_RESERVED: u32 = AXALLOC_CFG_RISCV_SVPBMT | AXALLOC_CFG_HW_AD | AXALLOC_CFG_ARM_S2FWB;
+const CFG_KNOWN: u32 = AXALLOC_CFG_FRAMES_ZEROED
+    | AXALLOC_CFG_NO_HUGE_1G
+    | AXALLOC_CFG_LINEAR_MAP
+    | AXALLOC_CFG_RISCV_SVPBMT;
+const CFG_RESERVED: u32 = AXALLOC_CFG_HW_AD | AXALLOC_CFG_ARM_S2FWB;
 
 /// `axalloc_mapping_t.kind`: no region covers the address.
 pub const AXALLOC_REGION_NONE: u32 = 0;
@@ -317,11 +342,18 @@ pub struct axalloc_hooks {
     /// Optional (not used by this version for guest RAM; reserved for 2 MiB
     /// pages and multi-frame roots). May run under the lock, like
     /// `alloc_frame`. Obtains 2^`order` contiguous frames,
-    /// aligned to their size; returns 0 on success.
+    /// aligned to their size; returns 0 on success. Used for multi-page
+    /// roots (Arm concatenated root tables, order 1..4; RISC-V x4 roots,
+    /// order 2), once per `axalloc_as_create`. `phys_to_virt` of the
+    /// block's first frame (or the direct map) must show the whole block
+    /// contiguously. A misaligned or too-high block is handed back through
+    /// `free_contig` and the call fails with `AXALLOC_ERR_HOOK`.
     pub alloc_contig:
         Option<unsafe extern "C" fn(ctx: *mut c_void, order: u32, hpa_out: *mut u64) -> i32>,
-    /// Required exactly when `alloc_contig` is given. Takes back a block.
-    /// Never called with the lock held.
+    /// Required exactly when `alloc_contig` is given. Takes back a block
+    /// (with its `order`), exactly once: a multi-page root at
+    /// `axalloc_as_destroy`, after its `flush_tlb`. Never called with the
+    /// lock held.
     pub free_contig: Option<unsafe extern "C" fn(ctx: *mut c_void, hpa: u64, order: u32)>,
     /// Optional. Called over and over while a thread waits for the address
     /// space's lock (it spins; see "Locks" above): `cpu_relax()` / `pause`,
@@ -349,7 +381,7 @@ pub struct axalloc_config {
     /// Must be 0 (`AXALLOC_ERR_UNSUPPORTED` otherwise).
     pub reserved: u32,
     /// Guest-physical window `[base, base + size)` every mapping must lie in:
-    /// 4 KiB aligned, non-empty, inside the format's 48-bit space.
+    /// 4 KiB aligned, non-empty, inside `[0, 2^gpa_bits)`.
     pub base: u64,
     /// Size of the window in bytes.
     pub size: u64,
@@ -357,7 +389,31 @@ pub struct axalloc_config {
     /// address of every frame the hooks give (4 KiB aligned; may wrap, as a
     /// higher-half direct map does). Must be 0 without the flag.
     pub linear_offset: u64,
+    /// Width of the guest-physical space; 0 = the format's default (also
+    /// what a struct of 0.2.0's size, which ends before this field, means).
+    /// - EPT / NPT: 48 (4 levels, the default) or 57 (5 levels: EPTP
+    ///   page-walk length 5 / an LA57 host for NPT).
+    /// - Arm stage 2: 32..48 (default 40). The library takes the fewest
+    ///   lookup levels, concatenating up to 16 root tables, as Linux KVM
+    ///   does: 32..34 → start level 2 (4, 8, 16 root pages); 35..39 → start
+    ///   level 1, 1 page; 40..43 → start level 1, 2, 4, 8, 16 pages;
+    ///   44..48 → start level 0, 1 page. `axalloc_as_hw` gives the choice
+    ///   (`levels`, `root_pages`, VTCR_EL2.T0SZ / SL0 in `vtcr`).
+    /// - RISC-V: the mode's width only (Sv39x4 41, Sv48x4 50, Sv57x4 59).
+    ///
+    /// Any other value is `AXALLOC_ERR_INVALID`. A multi-page root (Arm
+    /// concatenated, RISC-V x4) comes from `alloc_contig`; without that
+    /// hook such a config is `AXALLOC_ERR_UNSUPPORTED`.
+    pub gpa_bits: u32,
+    /// Must be 0 (`AXALLOC_ERR_INVALID` otherwise). Named `reserved2`: C
+    /// allows one `reserved` per struct, and the first one stays where
+    /// 0.2.0 put it.
+    pub reserved2: u32,
 }
+
+/// `sizeof(axalloc_config_t)` of version 0.2.0 (before `gpa_bits`): still
+/// accepted, and means `gpa_bits = 0`.
+const CONFIG_SIZE_V0_2: usize = core::mem::offset_of!(axalloc_config, gpa_bits);
 /// See `struct axalloc_config`.
 pub type axalloc_config_t = axalloc_config;
 
@@ -456,7 +512,9 @@ pub extern "C" fn axalloc_version() -> u32 {
 }
 
 /// Creates an address space: validates `cfg` and `hooks`, takes one frame for
-/// its own state and one for the root table (both through `alloc_frame`).
+/// its own state (`alloc_frame`) and the root table: one frame through
+/// `alloc_frame`, or a multi-page root (`axalloc_hw_t.root_pages` > 1)
+/// through `alloc_contig`.
 ///
 /// - `cfg`, `hooks`, `as_out`: non-NULL; `cfg` and `hooks` are copied.
 /// - `struct_size` (first field of both structs): `sizeof` of the caller's
@@ -472,20 +530,24 @@ pub extern "C" fn axalloc_version() -> u32 {
 /// - `AXALLOC_ERR_INVALID`: a NULL pointer; a bad `struct_size`; `format`
 ///   not one of `AXALLOC_FORMAT_*` (a flag given as a format included);
 ///   `flags` with a bit outside the known `AXALLOC_CFG_*` (a map flag given
-///   as a config flag included); the window unaligned, empty, overflowing or
-///   beyond 48 bits; `linear_offset` unaligned, or non-zero without
+///   as a config flag included); `AXALLOC_CFG_RISCV_SVPBMT` with a
+///   non-RISC-V format; `gpa_bits` not one the format allows; a non-zero
+///   `reserved2`; the window unaligned, empty, overflowing or beyond
+///   `2^gpa_bits`; `linear_offset` unaligned, or non-zero without
 ///   `AXALLOC_CFG_LINEAR_MAP`; a required hook NULL; `free_contig` given
 ///   without `alloc_contig` or the reverse.
-/// - `AXALLOC_ERR_UNSUPPORTED`: a reserved `AXALLOC_CFG_*` flag
-///   (`RISCV_SVPBMT`, `HW_AD`, `ARM_S2FWB`), a non-zero `reserved` field, or
-///   a non-zero unknown tail of a larger struct.
-/// - `AXALLOC_ERR_NO_MEMORY`: `alloc_frame` failed.
-/// - `AXALLOC_ERR_HOOK`: `alloc_frame` gave a misaligned / too-high frame,
-///   or `phys_to_virt` returned NULL or a misaligned pointer.
+/// - `AXALLOC_ERR_UNSUPPORTED`: a reserved `AXALLOC_CFG_*` flag (`HW_AD`,
+///   `ARM_S2FWB`), a non-zero `reserved` field, a non-zero unknown tail of
+///   a larger struct, or a format / `gpa_bits` whose root is several pages
+///   (Arm concatenated, every RISC-V format) without `alloc_contig`.
+/// - `AXALLOC_ERR_NO_MEMORY`: `alloc_frame` or `alloc_contig` failed.
+/// - `AXALLOC_ERR_HOOK`: `alloc_frame` / `alloc_contig` gave a misaligned /
+///   too-high frame, or `phys_to_virt` returned NULL or a misaligned
+///   pointer.
 ///
 /// On error `*as_out` is untouched and no frame is held. Hooks called:
-/// `alloc_frame`, `phys_to_virt`, and `free_frame` on error; no lock exists
-/// yet.
+/// `alloc_frame`, `alloc_contig` (multi-page roots), `phys_to_virt`, and
+/// `free_frame` / `free_contig` on error; no lock exists yet.
 ///
 /// # Safety
 /// Pointers valid as described (`struct_size` readable bytes each); hooks
@@ -499,23 +561,35 @@ pub unsafe extern "C" fn axalloc_as_create(
     if cfg.is_null() || hooks.is_null() || as_out.is_null() {
         return AXALLOC_ERR_INVALID;
     }
-    // The first version of each struct is this one: nothing smaller exists.
+    // The config's first version (0.2.0) ends before `gpa_bits`; the hooks'
+    // first version is this one.
     // SAFETY: non-NULL, `struct_size` readable bytes per the contract; all
     // fields (integers, raw pointers, optional function pointers) are valid
     // all-zero.
     let read = unsafe {
-        read_sized(cfg, core::mem::size_of::<axalloc_config>())
+        read_sized(cfg, CONFIG_SIZE_V0_2)
             .and_then(|c| read_sized(hooks, core::mem::size_of::<axalloc_hooks>()).map(|h| (c, h)))
     };
     let (cfg, hooks) = match read {
         Ok(x) => x,
         Err(st) => return st,
     };
-    let format = match cfg.format {
-        AXALLOC_FORMAT_X86_EPT => FormatKind::X86Ept,
-        AXALLOC_FORMAT_X86_NPT => FormatKind::X86Npt,
+    let family = match cfg.format {
+        AXALLOC_FORMAT_X86_EPT => Family::Ept,
+        AXALLOC_FORMAT_X86_NPT => Family::Npt,
+        AXALLOC_FORMAT_ARM_S2 => Family::ArmS2,
+        AXALLOC_FORMAT_RISCV_SV39X4 => Family::Sv39x4,
+        AXALLOC_FORMAT_RISCV_SV48X4 => Family::Sv48x4,
+        AXALLOC_FORMAT_RISCV_SV57X4 => Family::Sv57x4,
         _ => return AXALLOC_ERR_INVALID,
     };
+    let (format, gpa_bits) = match FormatKind::choose(family, cfg.gpa_bits) {
+        Ok(x) => x,
+        Err(e) => return e.into(),
+    };
+    if cfg.reserved2 != 0 {
+        return AXALLOC_ERR_INVALID;
+    }
     if cfg.flags & !(CFG_KNOWN | CFG_RESERVED) != 0 {
         return AXALLOC_ERR_INVALID;
     }
@@ -524,8 +598,10 @@ pub unsafe extern "C" fn axalloc_as_create(
     }
     let config = Config {
         format,
+        gpa_bits,
         frames_zeroed: cfg.flags & AXALLOC_CFG_FRAMES_ZEROED != 0,
         no_huge_1g: cfg.flags & AXALLOC_CFG_NO_HUGE_1G != 0,
+        svpbmt: cfg.flags & AXALLOC_CFG_RISCV_SVPBMT != 0,
         base: Gpa::from_u64(cfg.base),
         size: cfg.size as usize,
     };
@@ -551,13 +627,15 @@ pub unsafe extern "C" fn axalloc_as_create(
 
 /// Destroys an address space: calls `flush_tlb` once over the whole window
 /// (translations cached under this root must not outlive it), then gives
-/// every frame the library obtained back through `free_frame`, exactly
+/// every frame the library obtained back through `free_frame` (a multi-page
+/// root through `free_contig`, whole), exactly
 /// once. `as` may be NULL (no-op). No hook of this address space is called
 /// after it returns. Returns no status (it cannot fail).
 ///
 /// Not thread-safe: no other call on `as` may be in progress or follow. The
 /// hypervisor must have stopped every vCPU using the table. Hooks called:
-/// `flush_tlb`, `phys_to_virt` (walking the table), `free_frame`; no lock
+/// `flush_tlb`, `phys_to_virt` (walking the table), `free_frame`,
+/// `free_contig`; no lock
 /// is contended.
 ///
 /// # Safety
@@ -580,6 +658,76 @@ pub unsafe extern "C" fn axalloc_as_destroy(r#as: *mut axalloc_as_t) {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn axalloc_as_root(r#as: *const axalloc_as_t) -> u64 {
     space(r#as).map_or(0, |s| s.root().as_u64())
+}
+
+/// What the hardware needs to walk an address space's table
+/// (`axalloc_as_hw`). Constant for the life of the address space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct axalloc_hw {
+    /// Host-physical address of the root (the first frame of a multi-page
+    /// root); equal to `axalloc_as_root`.
+    pub root: u64,
+    /// Frames in the root: 1; 2..16 (Arm concatenated root tables: 4, 8 or
+    /// 16 with 2 levels, 2..16 at start level 1); 4 (RISC-V x4 roots).
+    pub root_pages: u32,
+    /// Lookup levels, root included: EPT / NPT 4 or 5; Arm 2..4 (start
+    /// level 4 - levels); RISC-V 3 (Sv39x4), 4 (Sv48x4), 5 (Sv57x4).
+    pub levels: u32,
+    /// The value to load:
+    /// - EPT: the EPTP, `root | (levels - 1) << 3 | 6` (write-back paging
+    ///   structures, page-walk length; A/D enable (bit 6) 0: the library
+    ///   needs no accessed/dirty bits — set it if you want them).
+    /// - NPT: nCR3 = `root` (PWT = PCD = 0). 5 levels need CR4.LA57 on.
+    /// - Arm: VTTBR_EL2 = `root` (BADDR, aligned to the root's size), VMID
+    ///   0: OR yours in at bits 63:48; CnP 0.
+    /// - RISC-V: hgatp = MODE (8 Sv39x4, 9 Sv48x4, 10 Sv57x4) << 60 |
+    ///   `root >> 12`, VMID 0: OR yours in at bits 57:44.
+    pub root_pointer: u64,
+    /// Arm: the VTCR_EL2 fields the table decides — T0SZ (5:0) = 64 -
+    /// gpa_bits, SL0 (7:6) = levels - 2 (0 start level 2, 1 level 1, 2
+    /// level 0), IRGN0 = ORGN0 = 0b01 (write-back write-allocate walks),
+    /// SH0 = 0b11 (inner shareable), TG0 = 0b00 (4 KiB). The host ORs in
+    /// PS (its physical address size), VS, HA/HD and the rest. 0 for the
+    /// other formats.
+    pub vtcr: u64,
+}
+/// See `struct axalloc_hw`.
+pub type axalloc_hw_t = axalloc_hw;
+
+/// Fills `*out` with what the hardware needs to walk the table (see
+/// `axalloc_hw_t`). Thread-safe; no lock, no hook; the values never change
+/// for the life of the address space.
+///
+/// Returns:
+/// - `AXALLOC_OK`.
+/// - `AXALLOC_ERR_INVALID`: `as` or `out` is NULL.
+///
+/// # Safety
+/// `as` is NULL or a live handle; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn axalloc_as_hw(
+    r#as: *const axalloc_as_t,
+    out: *mut axalloc_hw_t,
+) -> axalloc_status_t {
+    let Some(s) = space(r#as) else {
+        return AXALLOC_ERR_INVALID;
+    };
+    if out.is_null() {
+        return AXALLOC_ERR_INVALID;
+    }
+    let hw = s.hw();
+    // SAFETY: non-NULL and writable per the contract.
+    unsafe {
+        out.write(axalloc_hw {
+            root: hw.root,
+            root_pages: hw.root_pages,
+            levels: hw.levels,
+            root_pointer: hw.root_pointer,
+            vtcr: hw.vtcr,
+        })
+    };
+    AXALLOC_OK
 }
 
 /// Copies the counters into `*out`. Thread-safe; takes the shared lock

@@ -126,6 +126,41 @@ impl<'a> Frames<'a> {
         Ok(hpa)
     }
 
+    /// A root table of `2^order` contiguous frames (`alloc_contig`, aligned
+    /// to its size) whose every entry is empty, as [`Frames::alloc_table`]
+    /// fills one frame. `phys_to_virt` of its first frame (or the direct
+    /// map) shows the whole block contiguously, per the hook's contract.
+    pub fn alloc_table_contig(&self, order: u32) -> Result<Hpa> {
+        let hpa = self.hooks.alloc_contig(order)?;
+        let p = match self.hooks.virt(hpa) {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: obtained above and never shown to anyone.
+                unsafe { self.hooks.free_contig(hpa, order) };
+                return Err(e);
+            }
+        };
+        let entries = p.cast::<u64>().as_ptr();
+        for i in 0..(FRAME_SIZE / 8) << order {
+            // SAFETY: inside the fresh block (`2^order` frames, contiguous in
+            // the host's view per the hook contract, 8-byte aligned as
+            // `Hooks::virt` checks) that nothing else references.
+            unsafe { entries.add(i).write(self.empty) };
+        }
+        self.tables.set(self.tables.get() + (1 << order));
+        Ok(hpa)
+    }
+
+    /// Gives back a root from [`Frames::alloc_table_contig`].
+    ///
+    /// # Safety
+    /// As [`Frames::free_table`], for the whole block of `2^order` frames.
+    pub unsafe fn free_table_contig(&self, hpa: Hpa, order: u32) {
+        self.tables.set(self.tables.get() - (1 << order));
+        // SAFETY: per the contract.
+        unsafe { self.hooks.free_contig(hpa, order) };
+    }
+
     /// A guest frame that is **not zeroed yet**: the caller zeroes it with
     /// [`Frames::zero_guest`] before any entry that reaches it can become
     /// present. Populate zeroes a whole leaf table's frames back to back —

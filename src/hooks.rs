@@ -111,6 +111,11 @@ impl Hooks {
         unsafe { (self.free_frame)(self.ctx, hpa.as_u64()) }
     }
 
+    /// True if the host gave `alloc_contig` / `free_contig`.
+    pub fn has_contig(&self) -> bool {
+        self.alloc_contig.is_some()
+    }
+
     /// Obtains `2^order` contiguous frames aligned to their size.
     pub fn alloc_contig(&self, order: u32) -> Result<Hpa> {
         let (Some(alloc), Some(free)) = (self.alloc_contig, self.free_contig) else {

@@ -44,11 +44,11 @@ const LEAF_TEMPLATES: usize = Flags::ALL.bits() as usize + 1;
 const _: () = assert!(LEAF_TEMPLATES.is_power_of_two());
 
 /// The owned 4 KiB leaf with address 0 for every flags value, in format `F`.
-fn leaf_templates<F: Format>() -> [u64; LEAF_TEMPLATES] {
+fn leaf_templates<F: Format>(config: &Config) -> [u64; LEAF_TEMPLATES] {
     let mut t = [0; LEAF_TEMPLATES];
     for (bits, slot) in t.iter_mut().enumerate() {
         if let Some(flags) = Flags::from_bits(bits as u32) {
-            *slot = format::leaf::<F>(Hpa::from_usize(0), flags.to_mapping(), 0, true);
+            *slot = format::leaf::<F>(Hpa::from_usize(0), config.mapping(flags), 0, true);
         }
     }
     t
@@ -57,12 +57,17 @@ fn leaf_templates<F: Format>() -> [u64; LEAF_TEMPLATES] {
 /// How an address space is set up (validated by [`Config::validate`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
-    /// The entry format.
+    /// The entry format (and table shape).
     pub format: FormatKind,
+    /// Width of the guest-physical space (at most the format's
+    /// [`FormatKind::max_gpa_bits`]; Arm: what VTCR_EL2.T0SZ says).
+    pub gpa_bits: u32,
     /// The hooks return zeroed frames: skip zeroing.
     pub frames_zeroed: bool,
     /// Never create 1 GiB leaves.
     pub no_huge_1g: bool,
+    /// RISC-V: DEVICE leaves get Svpbmt PBMT = IO (`AXALLOC_CFG_RISCV_SVPBMT`).
+    pub svpbmt: bool,
     /// Guest-physical window all mappings must lie in.
     pub base: Gpa,
     /// Its size in bytes.
@@ -78,10 +83,38 @@ impl Config {
             return Err(Error::Invalid);
         }
         let end = base.checked_add(size).ok_or(Error::Invalid)?;
-        if end > 1usize << self.format.gpa_bits() {
+        if self.gpa_bits > self.format.max_gpa_bits() || end > 1usize << self.gpa_bits {
+            return Err(Error::Invalid);
+        }
+        // Svpbmt is a RISC-V extension: meaningless for another format.
+        if self.svpbmt && self.device_pbmt_is_native() {
             return Err(Error::Invalid);
         }
         Ok(())
+    }
+
+    /// True unless DEVICE has no encoding in the leaves: on RISC-V without
+    /// Svpbmt the memory type is the PMA's, and leaves carry PBMT = 0.
+    pub fn device_pbmt(&self) -> bool {
+        self.svpbmt || self.device_pbmt_is_native()
+    }
+
+    /// The format encodes DEVICE in every leaf (not RISC-V).
+    fn device_pbmt_is_native(&self) -> bool {
+        !matches!(
+            self.format.family(),
+            format::Family::Sv39x4 | format::Family::Sv48x4 | format::Family::Sv57x4
+        )
+    }
+
+    /// The encoder's view of region flags `flags` in this space.
+    pub fn mapping(&self, flags: Flags) -> page_table_multiarch::MappingFlags {
+        let m = flags.to_mapping();
+        if self.device_pbmt() {
+            m
+        } else {
+            m - page_table_multiarch::MappingFlags::DEVICE
+        }
     }
 
     fn end(&self) -> usize {
@@ -214,9 +247,14 @@ impl AddrSpace {
         let root_virt = match hooks.virt(root) {
             Ok(v) => v,
             Err(e) => {
+                let order = config.format.root_order();
                 // SAFETY: both obtained above, never shown to hardware.
                 unsafe {
-                    hooks.free_frame(root);
+                    if order == 0 {
+                        hooks.free_frame(root);
+                    } else {
+                        hooks.free_contig(root, order);
+                    }
                     hooks.free_frame(home);
                 }
                 return Err(e);
@@ -230,7 +268,7 @@ impl AddrSpace {
             root_virt,
             counters,
             reserve: Reserve::new(),
-            leaf_templates: with_format!(config.format, F => leaf_templates::<F>()),
+            leaf_templates: with_format!(config.format, F => leaf_templates::<F>(&config)),
             maps: RwLock::new(Maps {
                 regions: RegionSet::new(),
                 claims: Claims::new(),
@@ -326,6 +364,11 @@ impl AddrSpace {
         self.root
     }
 
+    /// What the hardware needs to walk the table (`axalloc_as_hw`).
+    pub fn hw(&self) -> format::Hw {
+        self.config.format.hw(self.root, self.config.gpa_bits)
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         let maps = self.lock_shared();
@@ -379,7 +422,7 @@ impl AddrSpace {
         };
         if populate {
             return with_format!(self.config.format, F => {
-                self.map_prepared::<F, _>(region, Populate::<F>::new(flags.to_mapping()))
+                self.map_prepared::<F, _>(region, Populate::<F>::new(self.config.mapping(flags)))
             });
         }
         let mut spare = Spare::new();
@@ -409,7 +452,7 @@ impl AddrSpace {
             flags,
         };
         with_format!(self.config.format, F => {
-            let src = Linear::new(start, hpa, flags.to_mapping(), self.max_linear_level::<F>());
+            let src = Linear::new(start, hpa, self.config.mapping(flags), self.max_linear_level::<F>());
             self.map_prepared::<F, _>(region, src)
         })
     }
@@ -534,14 +577,26 @@ impl AddrSpace {
     pub fn handle_fault(&self, gpa: u64, access: Access) -> Result {
         let gpa = Gpa::from_u64(gpa);
         let page = Gpa::from_usize(gpa.as_usize() & !(FRAME_SIZE - 1));
-        with_format!(self.config.format, F => {
+        // One jump to the format's own copy of the fault. With the body
+        // expanded once per shape (16 of them) inside this function the
+        // compiler stops inlining the hot path's helpers (+39 instructions
+        // per fault); out of line, the dispatch costs ~9 (`fault_ir_bound`,
+        // BENCHMARKS.md).
+        with_format!(self.config.format, F => self.handle_fault_in::<F>(gpa, page, access))
+    }
+
+    /// [`AddrSpace::handle_fault`] for format `F`.
+    #[inline(never)]
+    fn handle_fault_in<F: Format>(&self, gpa: Gpa, page: Gpa, access: Access) -> Result {
+        {
             let mut m = self.lock_shared();
             // The common case first (`backend/fast_fault.rs`): the region the
             // last fault hit, every table present, the entry empty.
             let fast = match m.regions.find_hinted(gpa) {
                 Some(r) if r.backend == Backend::Alloc && access.allowed_by(r.flags) => {
                     let template = self.leaf_template(r.flags);
-                    self.fast_fault(m.cache()).fault::<F>(m.token(), page, template)
+                    self.fast_fault(m.cache())
+                        .fault::<F>(m.token(), page, template)
                 }
                 _ => Fast::Slow,
             };
@@ -560,7 +615,7 @@ impl AddrSpace {
                 }
                 Fast::Slow => self.fault_slow::<F>(m, gpa, access),
             }
-        })
+        }
     }
 
     /// What the lean fault lends from this space.
@@ -760,7 +815,7 @@ impl AddrSpace {
                     // Populate the holes under the shared lock: faults go on;
                     // a fault on a page being filled meets a parked (frozen)
                     // entry and is spurious until the commit.
-                    let mut src = Fill::<F>::new(&m.regions);
+                    let mut src = Fill::<F>::new(&m.regions, self.config.device_pbmt());
                     if let Err(e) = w.prepare(&mut p, &mut src) {
                         // Under the lock (a map/unmap could otherwise meet the
                         // parked entries): the one place `free_frame` runs

@@ -13,7 +13,7 @@ dir="$(mktemp -d)"
 trap 'rm -rf "$dir"' EXIT
 fail=0
 # mode    bound  (Ir per fault, the test host's ~12-instruction alloc_frame hook included)
-for pair in plain:140 linear:140 reserve:145 linres:128; do
+for pair in plain:149 linear:147 reserve:151 linres:136; do
   mode="${pair%%:*}"; bound="${pair#*:}"
   n=$(valgrind --tool=callgrind --toggle-collect=axalloc_handle_fault \
         --callgrind-out-file="$dir/cg.$mode" "$bin" "$mode" 2>"$dir/log.$mode") || {

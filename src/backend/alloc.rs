@@ -57,15 +57,18 @@ impl<F: Format> LeafSource<F> for Populate<F> {
 /// with its own region's rights. Present pages are kept.
 pub struct Fill<'r, F: Format> {
     regions: &'r RegionSet,
+    /// DEVICE reaches the encoder (see `Config::device_pbmt`).
+    device: bool,
     _format: PhantomData<F>,
 }
 
 impl<'r, F: Format> Fill<'r, F> {
     /// Holes of the alloc regions in `regions` (the caller holds the lock
     /// that keeps them).
-    pub fn new(regions: &'r RegionSet) -> Self {
+    pub fn new(regions: &'r RegionSet, device: bool) -> Self {
         Self {
             regions,
+            device,
             _format: PhantomData,
         }
     }
@@ -85,7 +88,11 @@ impl<F: Format> LeafSource<F> for Fill<'_, F> {
             return Err(Error::Internal);
         }
         let hpa = frames.alloc_guest_unzeroed()?;
-        Ok(format::leaf::<F>(hpa, region.flags.to_mapping(), 0, true))
+        let mut flags = region.flags.to_mapping();
+        if !self.device {
+            flags -= page_table_multiarch::MappingFlags::DEVICE;
+        }
+        Ok(format::leaf::<F>(hpa, flags, 0, true))
     }
 }
 

@@ -154,14 +154,20 @@ impl GenericPTE for EptEntry {
     }
 }
 
-/// The Intel EPT format: 4 levels, 48-bit guest-physical addresses.
-pub struct Ept;
+/// The Intel EPT format with `LEVELS` levels: 4 (48-bit guest-physical
+/// addresses) or 5 (57-bit; the same entries, one more level).
+pub struct EptN<const LEVELS: usize>;
 
-impl Format for Ept {
+/// Intel EPT, 4 levels, 48-bit guest-physical addresses.
+pub type Ept = EptN<4>;
+/// Intel EPT, 5 levels, 57-bit guest-physical addresses.
+pub type Ept5 = EptN<5>;
+
+impl<const LEVELS: usize> Format for EptN<LEVELS> {
     type Pte = EptEntry;
-    const LEVELS: usize = 4;
+    const LEVELS: usize = LEVELS;
     const ROOT_ORDER: u32 = 0;
-    const GPA_BITS: u32 = 48;
+    const GPA_BITS: u32 = 12 + 9 * LEVELS as u32;
     const MAX_LEAF_LEVEL: usize = 2;
     const OWNED: u64 = OWNED;
     const EMPTY: u64 = SUPPRESS_VE;

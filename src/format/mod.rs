@@ -17,13 +17,16 @@
 //!   the TLB flush (unmap). Parked entries exist only while the address space
 //!   is write-locked, so no reader ever observes one.
 
+pub mod arm;
 pub mod ept;
 pub mod npt;
+pub mod riscv;
 
 use memory_addr::PhysAddr;
 use page_table_multiarch::{GenericPTE, MappingFlags};
 
 use crate::addr::Hpa;
+use crate::error::{Error, Result};
 
 /// One stage-2 entry format. Levels are numbered from the leaf: level 0 maps
 /// 4 KiB, level 1 2 MiB, level 2 1 GiB, ..., level `LEVELS - 1` is the root.
@@ -162,23 +165,42 @@ pub const fn level_size(level: usize) -> usize {
     1usize << (12 + 9 * level)
 }
 
-/// The runtime choice of format, from `AXALLOC_FORMAT_*`.
+/// The runtime choice of format and shape (levels, root tables), from
+/// `AXALLOC_FORMAT_*` and `gpa_bits`: each is its own monomorphised type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FormatKind {
-    /// Intel EPT, 4 levels.
+    /// Intel EPT, 4 levels (48-bit).
     X86Ept,
-    /// AMD NPT (x86-64 long-mode format with U=1), 4 levels.
+    /// Intel EPT, 5 levels (57-bit).
+    X86Ept5,
+    /// AMD NPT (x86-64 long-mode format with U=1), 4 levels (48-bit).
     X86Npt,
-}
-
-impl FormatKind {
-    /// Width of the guest-physical space of this format.
-    pub const fn gpa_bits(self) -> u32 {
-        match self {
-            Self::X86Ept => ept::Ept::GPA_BITS,
-            Self::X86Npt => npt::Npt::GPA_BITS,
-        }
-    }
+    /// AMD NPT, 5 levels (57-bit, LA57 host).
+    X86Npt5,
+    /// RISC-V G-stage Sv39x4 (41-bit).
+    Sv39x4,
+    /// RISC-V G-stage Sv48x4 (50-bit).
+    Sv48x4,
+    /// RISC-V G-stage Sv57x4 (59-bit).
+    Sv57x4,
+    /// Arm stage 2, 2 lookup levels (start level 2), 4 root table(s).
+    ArmL2R2,
+    /// Arm stage 2, 2 lookup levels (start level 2), 8 root table(s).
+    ArmL2R3,
+    /// Arm stage 2, 2 lookup levels (start level 2), 16 root table(s).
+    ArmL2R4,
+    /// Arm stage 2, 3 lookup levels (start level 1), 1 root table(s).
+    ArmL3R0,
+    /// Arm stage 2, 3 lookup levels (start level 1), 2 root table(s).
+    ArmL3R1,
+    /// Arm stage 2, 3 lookup levels (start level 1), 4 root table(s).
+    ArmL3R2,
+    /// Arm stage 2, 3 lookup levels (start level 1), 8 root table(s).
+    ArmL3R3,
+    /// Arm stage 2, 3 lookup levels (start level 1), 16 root table(s).
+    ArmL3R4,
+    /// Arm stage 2, 4 lookup levels (start level 0), 1 root table(s).
+    ArmL4R0,
 }
 
 /// Calls `$body` with `$F` bound to the format type of `$kind`, so operations
@@ -190,11 +212,215 @@ macro_rules! with_format {
                 type $F = $crate::format::ept::Ept;
                 $body
             }
+            $crate::format::FormatKind::X86Ept5 => {
+                type $F = $crate::format::ept::Ept5;
+                $body
+            }
             $crate::format::FormatKind::X86Npt => {
                 type $F = $crate::format::npt::Npt;
+                $body
+            }
+            $crate::format::FormatKind::X86Npt5 => {
+                type $F = $crate::format::npt::Npt5;
+                $body
+            }
+            $crate::format::FormatKind::Sv39x4 => {
+                type $F = $crate::format::riscv::Sv39x4;
+                $body
+            }
+            $crate::format::FormatKind::Sv48x4 => {
+                type $F = $crate::format::riscv::Sv48x4;
+                $body
+            }
+            $crate::format::FormatKind::Sv57x4 => {
+                type $F = $crate::format::riscv::Sv57x4;
+                $body
+            }
+            $crate::format::FormatKind::ArmL2R2 => {
+                type $F = $crate::format::arm::ArmS2<2, 2>;
+                $body
+            }
+            $crate::format::FormatKind::ArmL2R3 => {
+                type $F = $crate::format::arm::ArmS2<2, 3>;
+                $body
+            }
+            $crate::format::FormatKind::ArmL2R4 => {
+                type $F = $crate::format::arm::ArmS2<2, 4>;
+                $body
+            }
+            $crate::format::FormatKind::ArmL3R0 => {
+                type $F = $crate::format::arm::ArmS2<3, 0>;
+                $body
+            }
+            $crate::format::FormatKind::ArmL3R1 => {
+                type $F = $crate::format::arm::ArmS2<3, 1>;
+                $body
+            }
+            $crate::format::FormatKind::ArmL3R2 => {
+                type $F = $crate::format::arm::ArmS2<3, 2>;
+                $body
+            }
+            $crate::format::FormatKind::ArmL3R3 => {
+                type $F = $crate::format::arm::ArmS2<3, 3>;
+                $body
+            }
+            $crate::format::FormatKind::ArmL3R4 => {
+                type $F = $crate::format::arm::ArmS2<3, 4>;
+                $body
+            }
+            $crate::format::FormatKind::ArmL4R0 => {
+                type $F = $crate::format::arm::ArmS2<4, 0>;
                 $body
             }
         }
     };
 }
 pub(crate) use with_format;
+
+/// A format family as the C API names it (`AXALLOC_FORMAT_*`); the
+/// guest-physical width then picks the [`FormatKind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// Intel EPT.
+    Ept,
+    /// AMD NPT.
+    Npt,
+    /// Arm VMSAv8-64 stage 2, 4 KiB granule.
+    ArmS2,
+    /// RISC-V G-stage Sv39x4.
+    Sv39x4,
+    /// RISC-V G-stage Sv48x4.
+    Sv48x4,
+    /// RISC-V G-stage Sv57x4.
+    Sv57x4,
+}
+
+/// What the hardware needs to walk a table (`axalloc_hw_t`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Hw {
+    /// Host-physical address of the root (its first frame).
+    pub root: u64,
+    /// Frames in the root: 1, 2..16 (Arm concatenated) or 4 (RISC-V).
+    pub root_pages: u32,
+    /// Lookup levels, root included.
+    pub levels: u32,
+    /// EPTP / nCR3 / VTTBR_EL2 / hgatp.
+    pub root_pointer: u64,
+    /// Arm VTCR_EL2 fields (T0SZ, SL0, IRGN0, ORGN0, SH0, TG0); 0 otherwise.
+    pub vtcr: u64,
+}
+
+impl FormatKind {
+    /// Every format and shape, for tests that hold for all of them.
+    #[cfg(test)]
+    pub const ALL: [Self; 16] = [
+        Self::X86Ept,
+        Self::X86Ept5,
+        Self::X86Npt,
+        Self::X86Npt5,
+        Self::Sv39x4,
+        Self::Sv48x4,
+        Self::Sv57x4,
+        Self::ArmL2R2,
+        Self::ArmL2R3,
+        Self::ArmL2R4,
+        Self::ArmL3R0,
+        Self::ArmL3R1,
+        Self::ArmL3R2,
+        Self::ArmL3R3,
+        Self::ArmL3R4,
+        Self::ArmL4R0,
+    ];
+
+    /// The format (and its width) for `family` and the requested
+    /// guest-physical width (0: the family's default): EPT / NPT 48 (4
+    /// levels) or 57 (5 levels); Arm 32..=48 with the fewest lookup levels
+    /// and up to 16 concatenated root tables; RISC-V the mode's width.
+    /// Anything else is [`Error::Invalid`].
+    pub fn choose(family: Family, gpa_bits: u32) -> Result<(Self, u32)> {
+        let kind = match (family, gpa_bits) {
+            (Family::Ept, 0 | 48) => Self::X86Ept,
+            (Family::Ept, 57) => Self::X86Ept5,
+            (Family::Npt, 0 | 48) => Self::X86Npt,
+            (Family::Npt, 57) => Self::X86Npt5,
+            (Family::Sv39x4, 0 | 41) => Self::Sv39x4,
+            (Family::Sv48x4, 0 | 50) => Self::Sv48x4,
+            (Family::Sv57x4, 0 | 59) => Self::Sv57x4,
+            (Family::ArmS2, 0) => return Self::choose(family, 40),
+            (Family::ArmS2, 32..=48) => match arm::shape(gpa_bits) {
+                (2, 2) => Self::ArmL2R2,
+                (2, 3) => Self::ArmL2R3,
+                (2, 4) => Self::ArmL2R4,
+                (3, 0) => Self::ArmL3R0,
+                (3, 1) => Self::ArmL3R1,
+                (3, 2) => Self::ArmL3R2,
+                (3, 3) => Self::ArmL3R3,
+                (3, 4) => Self::ArmL3R4,
+                (4, 0) => Self::ArmL4R0,
+                _ => return Err(Error::Internal),
+            },
+            _ => return Err(Error::Invalid),
+        };
+        let bits = if gpa_bits == 0 {
+            kind.max_gpa_bits()
+        } else {
+            gpa_bits
+        };
+        Ok((kind, bits))
+    }
+
+    /// The family this format belongs to.
+    pub fn family(self) -> Family {
+        match self {
+            Self::X86Ept | Self::X86Ept5 => Family::Ept,
+            Self::X86Npt | Self::X86Npt5 => Family::Npt,
+            Self::Sv39x4 => Family::Sv39x4,
+            Self::Sv48x4 => Family::Sv48x4,
+            Self::Sv57x4 => Family::Sv57x4,
+            _ => Family::ArmS2,
+        }
+    }
+
+    /// Widest guest-physical space the table shape can translate (the
+    /// space's own width may be smaller: Arm).
+    pub fn max_gpa_bits(self) -> u32 {
+        with_format!(self, F => F::GPA_BITS)
+    }
+
+    /// Lookup levels, root included.
+    pub fn levels(self) -> usize {
+        with_format!(self, F => F::LEVELS)
+    }
+
+    /// The root is `2^root_order` contiguous frames.
+    pub fn root_order(self) -> u32 {
+        with_format!(self, F => F::ROOT_ORDER)
+    }
+
+    /// The hardware view of a table of this format rooted at `root`,
+    /// translating `gpa_bits`.
+    pub fn hw(self, root: Hpa, gpa_bits: u32) -> Hw {
+        let root = root.as_u64();
+        let levels = self.levels();
+        let (root_pointer, vtcr) = match self.family() {
+            // EPTP (Intel SDM vol. 3C, "Extended-Page-Table Pointer
+            // (EPTP)"): bits 2:0 memory type 6 (write-back), bits 5:3 the
+            // page-walk length minus 1, bit 6 (A/D enable) 0 — the library
+            // neither sets nor needs accessed/dirty bits.
+            Family::Ept => (root | ((levels as u64 - 1) << 3) | 6, 0),
+            // nCR3: the root with PWT = PCD = 0; 5 levels need an LA57 host.
+            Family::Npt => (root, 0),
+            // VTTBR_EL2: BADDR = the root (aligned to the concatenated
+            // tables' size), VMID (63:48) 0, CnP 0.
+            Family::ArmS2 => (root, arm::vtcr(gpa_bits, levels)),
+            Family::Sv39x4 | Family::Sv48x4 | Family::Sv57x4 => (riscv::hgatp(root, levels), 0),
+        };
+        Hw {
+            root,
+            root_pages: 1 << self.root_order(),
+            levels: levels as u32,
+            root_pointer,
+            vtcr,
+        }
+    }
+}

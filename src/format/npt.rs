@@ -143,14 +143,20 @@ impl GenericPTE for NptEntry {
     }
 }
 
-/// The AMD NPT format: 4 levels, 48-bit guest-physical addresses.
-pub struct Npt;
+/// The AMD NPT format with `LEVELS` levels: 4 (48-bit guest-physical
+/// addresses) or 5 (57-bit; the same entries, one more level).
+pub struct NptN<const LEVELS: usize>;
 
-impl Format for Npt {
+/// AMD NPT, 4 levels, 48-bit guest-physical addresses.
+pub type Npt = NptN<4>;
+/// AMD NPT, 5 levels, 57-bit guest-physical addresses.
+pub type Npt5 = NptN<5>;
+
+impl<const LEVELS: usize> Format for NptN<LEVELS> {
     type Pte = NptEntry;
-    const LEVELS: usize = 4;
+    const LEVELS: usize = LEVELS;
     const ROOT_ORDER: u32 = 0;
-    const GPA_BITS: u32 = 48;
+    const GPA_BITS: u32 = 12 + 9 * LEVELS as u32;
     const MAX_LEAF_LEVEL: usize = 2;
     const OWNED: u64 = OWNED;
     const EMPTY: u64 = 0;

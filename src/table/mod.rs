@@ -166,11 +166,18 @@ impl<'a, F: Format> Walker<'a, F> {
 
     /// Allocates a root table (`2^ROOT_ORDER` frames) with every entry empty.
     pub fn create_root(hooks: &Hooks, counters: &Counters, frames_zeroed: bool) -> Result<Hpa> {
-        if F::ROOT_ORDER != 0 {
-            // Concatenated / x4 roots come with the ARM and RISC-V formats.
+        let frames = Frames::new(hooks, counters, frames_zeroed, F::EMPTY, None);
+        if F::ROOT_ORDER == 0 {
+            return frames.alloc_table();
+        }
+        // Arm concatenated / RISC-V x4 roots: one block aligned to its size
+        // (Arm ARM, "Concatenated translation tables"; RISC-V hypervisor
+        // extension, 16 KiB-aligned root). Without `alloc_contig` there is
+        // no way to get one.
+        if !hooks.has_contig() {
             return Err(Error::Unsupported);
         }
-        Frames::new(hooks, counters, frames_zeroed, F::EMPTY, None).alloc_table()
+        frames.alloc_table_contig(F::ROOT_ORDER)
     }
 
     /// Reserves `n` empty tables in `pool` (may run under the lock: only
@@ -280,8 +287,13 @@ impl<'a, F: Format> Walker<'a, F> {
                 _ => {}
             }
         }
-        // SAFETY: as above, for the top table.
-        unsafe { self.frames.free_table(table) };
+        if level == Self::TOP && F::ROOT_ORDER != 0 {
+            // SAFETY: as above; the root is one `alloc_contig` block.
+            unsafe { self.frames.free_table_contig(table, F::ROOT_ORDER) };
+        } else {
+            // SAFETY: as above, for the top table.
+            unsafe { self.frames.free_table(table) };
+        }
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use page_table_multiarch::MappingFlags;
+use page_table_multiarch::{GenericPTE, MappingFlags};
 
 use super::pool::Pool;
 use crate::addr::Hpa;
@@ -21,7 +21,7 @@ fn rw() -> Flags {
 
 fn with_space(format: FormatKind, frames: usize, f: impl FnOnce(&Pool, &AddrSpace)) {
     let pool = Pool::new(frames);
-    let space = pool.space(format, 1 << 40);
+    let space = pool.space(format, 1 << format.max_gpa_bits().min(40));
     // SAFETY: alive until `pool.destroy(space)` below.
     f(&pool, unsafe { space.as_ref() });
     pool.destroy(space);
@@ -33,7 +33,8 @@ fn entry<F: Format>(pool: &Pool, s: &AddrSpace, gpa: u64, level: usize) -> &'sta
     let mut table = s.root().as_u64();
     let mut l = F::LEVELS - 1;
     loop {
-        let idx = (gpa as usize >> (12 + 9 * l)) % 512;
+        let idx = (gpa as usize >> (12 + 9 * l))
+            % (512 << if l == F::LEVELS - 1 { F::ROOT_ORDER } else { 0 });
         // SAFETY: a table frame of the pool, alive for the test.
         let e = unsafe { &*(pool.virt(table).add(idx) as *const AtomicU64) };
         if l == level {
@@ -130,14 +131,17 @@ fn split_keeps_accessed_dirty_npt() {
 
 #[test]
 fn fault_on_present_page_checks_leaf_rights() {
-    for kind in [FormatKind::X86Ept, FormatKind::X86Npt] {
+    for kind in FormatKind::ALL {
         with_space(kind, 64, |pool, s| {
             s.map_alloc(0x20_0000, 0x1000, rw(), false).unwrap();
             let write = Access::from_bits(2).unwrap();
             s.handle_fault(0x20_0000, write).unwrap();
             // A write-protected leaf (what protect / dirty logging make).
             with_format!(kind, F => {
-                entry::<F>(pool, s, 0x20_0000, 0).fetch_and(!2, Ordering::Relaxed);
+                let e = entry::<F>(pool, s, 0x20_0000, 0);
+                let mut pte = F::from_raw(e.load(Ordering::Relaxed));
+                pte.set_flags(MappingFlags::READ, false);
+                e.store(pte.bits() as u64, Ordering::Relaxed);
             });
             let before = pool.in_use();
             assert_eq!(
@@ -182,7 +186,7 @@ fn fault_meeting_a_frozen_entry_is_spurious() {
 
 #[test]
 fn fill_holes_across_parked_table() {
-    for kind in [FormatKind::X86Ept, FormatKind::X86Npt] {
+    for kind in FormatKind::ALL {
         with_space(kind, 64, |_, s| {
             for base in [0x20_0000u64, GIB] {
                 s.map_alloc(base - 0x1000, 0x1000, rw(), false).unwrap();

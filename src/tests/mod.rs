@@ -5,6 +5,7 @@
 
 mod core;
 mod fast_fault;
+mod formats;
 mod model;
 pub(crate) mod pool;
 

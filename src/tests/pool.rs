@@ -110,6 +110,46 @@ unsafe extern "C" fn free(ctx: *mut c_void, hpa: u64) {
     st.free.push(i);
 }
 
+/// `2^order` frames aligned to their size (host-physically: `BASE` is
+/// 1 GiB aligned), first fit; counts against the budget as one allocation.
+unsafe extern "C" fn alloc_contig(ctx: *mut c_void, order: u32, out: *mut u64) -> i32 {
+    // SAFETY: as above.
+    let pool = unsafe { &*(ctx as *const Pool) };
+    let mut st = pool.state.lock().unwrap();
+    if st.budget == Some(0) {
+        return -1;
+    }
+    let n = 1usize << order;
+    let Some(first) = (0..st.used.len().saturating_sub(n - 1))
+        .step_by(n)
+        .find(|&i| st.used[i..i + n].iter().all(|u| !u))
+    else {
+        return -1;
+    };
+    if let Some(b) = st.budget.as_mut() {
+        *b -= 1;
+    }
+    for i in first..first + n {
+        st.used[i] = true;
+    }
+    st.free.retain(|&i| i < first || i >= first + n);
+    // SAFETY: `out` is the library's local.
+    unsafe { *out = BASE + (first * FRAME) as u64 };
+    0
+}
+
+unsafe extern "C" fn free_contig(ctx: *mut c_void, hpa: u64, order: u32) {
+    // SAFETY: as above.
+    let pool = unsafe { &*(ctx as *const Pool) };
+    let mut st = pool.state.lock().unwrap();
+    let first = ((hpa - BASE) as usize) / FRAME;
+    for i in first..first + (1 << order) {
+        assert!(st.used[i], "double or foreign free of {hpa:#x}");
+        st.used[i] = false;
+        st.free.push(i);
+    }
+}
+
 unsafe extern "C" fn p2v(ctx: *mut c_void, hpa: u64) -> *mut c_void {
     // SAFETY: as above.
     let pool = unsafe { &*(ctx as *const Pool) };
@@ -164,8 +204,8 @@ impl Pool {
             free_frame: Some(free),
             phys_to_virt: Some(p2v),
             flush_tlb: Some(flush),
-            alloc_contig: None,
-            free_contig: None,
+            alloc_contig: Some(alloc_contig),
+            free_contig: Some(free_contig),
             relax: None,
         };
         // SAFETY: the hooks above honour the contract for the pool's life;
@@ -214,8 +254,10 @@ impl Pool {
     pub fn space(&self, format: FormatKind, size: u64) -> NonNull<AddrSpace> {
         let config = Config {
             format,
+            gpa_bits: format.max_gpa_bits(),
             frames_zeroed: false,
             no_huge_1g: false,
+            svpbmt: false,
             base: Gpa::from_u64(0),
             size: size as usize,
         };
