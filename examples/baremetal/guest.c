@@ -107,6 +107,21 @@ int guest_main(uint64_t top)
     fill(unm, UNMAP_SIZE, 0x3333);
     CHECK(check(unm, UNMAP_SIZE, 0x3333), 43);
 
+    /* Linear memory, one 2 MiB leaf: the hypervisor's bytes are there;
+     * then one page in its middle is unmapped (the leaf is split into a
+     * table -- on Arm, break-before-make): the rest still reads the same,
+     * and a read of the hole is refused (ERR_NOT_MAPPED, skipped). */
+    uint64_t lin = top - LIN_OFF;
+    CHECK(check(lin, LIN_SIZE, 0x4444), 60);
+    CHECK(HCALL(HC_HOLE, 0, 0) == 0, 61);
+    CHECK(check(lin, HOLE_OFF, 0x4444), 62);
+    CHECK(check(lin + HOLE_OFF + PAGE, LIN_SIZE - HOLE_OFF - PAGE, 0x4444), 63);
+    denied = HCALL(HC_DENIED, 0, 0);
+    (void)*(volatile uint64_t *)(lin + HOLE_OFF + 64);
+    CHECK(HCALL(HC_DENIED, 0, 0) == denied + 1, 64);
+    fill(lin + LIN_SIZE - 2 * PAGE, 2 * PAGE, 0x5555);   /* the host checks these */
+    CHECK(check(lin + LIN_SIZE - 2 * PAGE, 2 * PAGE, 0x5555), 65);
+
     /* The first RAM is still intact after all that. */
     CHECK(check(ram, RAM_SIZE, 0x1111), 50);
     gput(con, "guest: done\n");

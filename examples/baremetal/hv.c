@@ -10,7 +10,7 @@
 extern const char __guest_start[], __guest_end[], guest_entry[];
 
 static axalloc_as_t *as;
-static uint64_t top;
+static uint64_t top, lin_hpa;
 static const char *title;
 static uint64_t denied;       /* accesses refused, for HC_DENIED */
 static uint64_t resolved;     /* faults axalloc_handle_fault answered OK */
@@ -60,11 +60,17 @@ uint64_t hv_guest_entry(void)
     return CODE_GPA + (uint64_t)(guest_entry - __guest_start);
 }
 
+static uint64_t pat(uint64_t a, uint64_t seed)
+{
+    return (a * 0x9e3779b97f4a7c15ull) ^ seed;
+}
+
 void hv_init(uint32_t format, uint32_t gpa_bits, uint64_t top_, uint64_t pool_base,
-             const char *title_, axalloc_hw_t *hw)
+             uint64_t lin_hpa_, const char *title_, axalloc_hw_t *hw)
 {
     title = title_;
     top = top_;
+    lin_hpa = lin_hpa_;
     pool_init(pool_base);
     put("hv: ");
     put(title);
@@ -115,6 +121,19 @@ void hv_init(uint32_t format, uint32_t gpa_bits, uint64_t top_, uint64_t pool_ba
     must(axalloc_map_alloc(as, top - UNMAP_OFF, UNMAP_SIZE, rw, false), "map unmap range");
     must(axalloc_map_alloc(as, top - RO_OFF, RO_SIZE, AXALLOC_READ, false), "map read-only range");
     must(axalloc_map_alloc(as, top - NX_OFF, NX_SIZE, rw, false), "map no-exec range");
+
+    /* Linear memory: the host's bytes, keyed by the guest-physical address
+     * they will appear at (and cleaned to memory for a cache-off guest). */
+    volatile uint64_t *l = (volatile uint64_t *)(uintptr_t)lin_hpa;
+    for (uint64_t i = 0; i < LIN_SIZE / 8; i++)
+        l[i] = pat(top - LIN_OFF + 8 * i, 0x4444);
+    arch_sync_code(lin_hpa, LIN_SIZE);
+    must(axalloc_map_linear(as, top - LIN_OFF, lin_hpa, LIN_SIZE, rw), "map linear range");
+#ifndef BAREMETAL_SHIM
+    uint64_t hpa = 0, ps = 0;
+    must(axalloc_translate(as, top - LIN_OFF + 0x1234, &hpa, &ps), "translate linear");
+    hv_check(hpa == lin_hpa + 0x1234 && ps == LIN_SIZE, "map_linear made one 2 MiB leaf");
+#endif
 }
 
 static const char *access_name(uint32_t a)
@@ -142,6 +161,14 @@ enum hv_action hv_fault(uint64_t gpa, uint32_t access)
     if (st == AXALLOC_ERR_NOT_MAPPED && (gpa & ~(PAGE - 1)) == top - MMIO_OFF &&
         access == AXALLOC_WRITE)
         return HV_CONSOLE;
+    if (st == AXALLOC_ERR_NOT_MAPPED && (gpa & ~(PAGE - 1)) == top - LIN_OFF + HOLE_OFF &&
+        access == AXALLOC_READ) {
+        put("hv: refused guest read of the hole at ");
+        puthex(gpa);
+        put(" (ERR_NOT_MAPPED)\n");
+        denied++;
+        return HV_DENIED;
+    }
     if (st == AXALLOC_ERR_ACCESS &&
         ((gpa >= top - RO_OFF && gpa < top - RO_OFF + RO_SIZE && access == AXALLOC_WRITE) ||
          (gpa >= top - NX_OFF && gpa < top - NX_OFF + NX_SIZE && access == AXALLOC_EXEC))) {
@@ -178,11 +205,6 @@ int hv_read_guest(uint64_t gpa, void *buf, uint64_t len)
     return axalloc_read(as, gpa, buf, len) == AXALLOC_OK ? 0 : -1;
 }
 
-static uint64_t pat(uint64_t a, uint64_t seed)
-{
-    return (a * 0x9e3779b97f4a7c15ull) ^ seed;
-}
-
 /* The bytes the guest wrote, read by the host through the library. */
 static int host_sees(uint64_t base, uint64_t size, uint64_t seed)
 {
@@ -199,9 +221,13 @@ static void finish(uint64_t code)
     if (code)
         hv_fail("the guest failed, code", code);
     hv_check(console_bytes > 0, "the guest's console stores were emulated (ERR_NOT_MAPPED)");
-    hv_check(denied == 2, "one write and one fetch refused (ERR_ACCESS)");
+    hv_check(denied == 3, "one write, one fetch refused (ERR_ACCESS), one hole read (ERR_NOT_MAPPED)");
     hv_check(host_sees(top - RAM_OFF, RAM_SIZE, 0x1111), "axalloc_read sees the guest's RAM bytes");
     hv_check(host_sees(top - UNMAP_OFF, UNMAP_SIZE, 0x3333), "axalloc_read sees the re-mapped range's bytes");
+    int lin_ok = 1;
+    for (uint64_t a = top - LIN_OFF + LIN_SIZE - 2 * PAGE; a < top - LIN_OFF + LIN_SIZE; a += 8)
+        lin_ok &= *(volatile uint64_t *)(uintptr_t)(lin_hpa + a - (top - LIN_OFF)) == pat(a, 0x5555);
+    hv_check(lin_ok, "the linear range's host memory holds the guest's bytes");
     axalloc_stats_t s;
     must(axalloc_as_stats(as, &s), "axalloc_as_stats");
     put("hv: faults resolved ");
@@ -235,6 +261,23 @@ uint64_t hv_hypercall(uint64_t nr, uint64_t a0, uint64_t a1)
         break;
     case HC_DENIED:
         return denied;
+    case HC_HOLE: {
+        uint64_t before = pool_flushes();
+        axalloc_status_t st = axalloc_unmap(as, top - LIN_OFF + HOLE_OFF, PAGE);
+        if (st != AXALLOC_OK)
+            return (uint64_t)(int64_t)st;
+        put("hv: the hole's unmap called flush_tlb ");
+        putdec(pool_flushes() - before);
+        put(" time(s)\n");
+        hv_check(pool_flushes() - before >= 1 && pool_flushes() - before <= 2,
+                 "splitting the 2 MiB leaf flushed once or twice (break-before-make)");
+#ifndef BAREMETAL_SHIM
+        uint64_t hpa = 0, ps = 0;
+        must(axalloc_translate(as, top - LIN_OFF + HOLE_OFF + PAGE, &hpa, &ps), "translate linear");
+        hv_check(hpa == lin_hpa + HOLE_OFF + PAGE && ps == PAGE, "the split left 4 KiB leaves around the hole");
+#endif
+        return 0;
+    }
     case HC_REMAP: {
         uint64_t before = pool_flushes(), frames = pool_in_use();
         axalloc_status_t st = axalloc_unmap(as, a0, a1);

@@ -22,8 +22,10 @@ void arch_sync_code(uint64_t hpa, uint64_t size);   /* after the host wrote gues
 
 /* Sets up the address space and the guest's regions; fills *hw. Does not
  * return on failure. */
+/* lin_hpa: 2 MiB of the hypervisor's memory, 2 MiB aligned, outside the
+ * pool, mapped linearly into the guest (LIN_OFF). */
 void hv_init(uint32_t format, uint32_t gpa_bits, uint64_t top, uint64_t pool_base,
-             const char *title, axalloc_hw_t *hw);
+             uint64_t lin_hpa, const char *title, axalloc_hw_t *hw);
 /* The guest's entry point as a guest-physical address. */
 uint64_t hv_guest_entry(void);
 /* A stage-2 fault at gpa for access (AXALLOC_READ/WRITE/EXEC). */

@@ -35,11 +35,17 @@
 #define NX_OFF     U64(0x20000)             /* R|W, lazy: a fetch is refused */
 #define NX_SIZE       U64(0x1000)
 #define MMIO_OFF   U64(0x1000)              /* no region: the emulated console (last page) */
+/* A 2 MiB range of the hypervisor's own memory, map_linear'ed (one 2 MiB
+ * leaf), then split by unmapping one page in its middle (HOLE_OFF). */
+#define LIN_OFF    U64(0x400000)
+#define LIN_SIZE   U64(0x200000)
+#define HOLE_OFF   U64(0x100000)            /* from the start of the linear range */
 
 /* Hypercalls (Arm: HVC #n, RISC-V: ECALL with a7 = n); arguments and result
  * in the first argument registers. */
 #define HC_DONE      0   /* a0 = 0 pass, else the guest's failure code */
 #define HC_REMAP     1   /* unmap [a0, a0 + a1) and map it again, lazily; returns the status */
 #define HC_DENIED    2   /* returns how many accesses the hypervisor refused so far */
+#define HC_HOLE      3   /* unmap the page at LIN + HOLE_OFF; returns the status */
 
 #endif
