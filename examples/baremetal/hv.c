@@ -79,11 +79,6 @@ void hv_init(uint32_t format, uint32_t gpa_bits, uint64_t top_, uint64_t pool_ba
     put(")\n");
 
     axalloc_hooks_t hooks = pool_hooks();
-#ifdef BAREMETAL_SHIM
-    put("hv: SHIM: axalloc.h has no AXALLOC_FORMAT_ARM_S2 yet; the stand-in table builder "
-        "(shim.c) runs instead of libaxalloc\n");
-    must(shim_as_create(format, gpa_bits, 0, top, &hooks, &as), "shim_as_create");
-#else
     axalloc_config_t cfg = {0};
     cfg.struct_size = sizeof cfg;
     cfg.format = format;
@@ -91,7 +86,6 @@ void hv_init(uint32_t format, uint32_t gpa_bits, uint64_t top_, uint64_t pool_ba
     cfg.base = 0;
     cfg.size = top;
     must(axalloc_as_create(&cfg, &hooks, &as), "axalloc_as_create");
-#endif
     must(axalloc_as_hw(as, hw), "axalloc_as_hw");
     put("hv: root ");
     puthex(hw->root);
@@ -129,11 +123,9 @@ void hv_init(uint32_t format, uint32_t gpa_bits, uint64_t top_, uint64_t pool_ba
         l[i] = pat(top - LIN_OFF + 8 * i, 0x4444);
     arch_sync_code(lin_hpa, LIN_SIZE);
     must(axalloc_map_linear(as, top - LIN_OFF, lin_hpa, LIN_SIZE, rw), "map linear range");
-#ifndef BAREMETAL_SHIM
     uint64_t hpa = 0, ps = 0;
     must(axalloc_translate(as, top - LIN_OFF + 0x1234, &hpa, &ps), "translate linear");
     hv_check(hpa == lin_hpa + 0x1234 && ps == LIN_SIZE, "map_linear made one 2 MiB leaf");
-#endif
 }
 
 static const char *access_name(uint32_t a)
@@ -244,9 +236,6 @@ static void finish(uint64_t code)
     axalloc_as_destroy(as);
     hv_check(pool_in_use() == 0, "axalloc_as_destroy gave every frame back");
     hv_check(pool_errors() == 0, "no hook misuse (double or foreign free)");
-#ifdef BAREMETAL_SHIM
-    put("SHIM: the plumbing passed, but against shim.c, not libaxalloc\n");
-#endif
     put("PASS ");
     put(title);
     put("\n");
@@ -271,11 +260,9 @@ uint64_t hv_hypercall(uint64_t nr, uint64_t a0, uint64_t a1)
         put(" time(s)\n");
         hv_check(pool_flushes() - before >= 1 && pool_flushes() - before <= 2,
                  "splitting the 2 MiB leaf flushed once or twice (break-before-make)");
-#ifndef BAREMETAL_SHIM
         uint64_t hpa = 0, ps = 0;
         must(axalloc_translate(as, top - LIN_OFF + HOLE_OFF + PAGE, &hpa, &ps), "translate linear");
         hv_check(hpa == lin_hpa + HOLE_OFF + PAGE && ps == PAGE, "the split left 4 KiB leaves around the hole");
-#endif
         return 0;
     }
     case HC_REMAP: {

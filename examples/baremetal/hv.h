@@ -7,7 +7,7 @@
 #ifndef BAREMETAL_HV_H
 #define BAREMETAL_HV_H
 #include <stdint.h>
-#include "shim.h"   /* axalloc.h, and a stand-in while it lacks the formats */
+#include "axalloc.h"
 
 /* What a trap handler does after hv_fault. */
 enum hv_action {
