@@ -15,6 +15,7 @@
 #include "console.h"
 #include "hv.h"
 #include "layout.h"
+#include "pool.h"
 
 #define UART        0x09000000ul     /* PL011 */
 #define CONFIG_ADDR 0x407ff000ul
@@ -107,6 +108,8 @@ static char title[] = "arm_s2 ipa??";
 void hyp_main(void)
 {
     uint32_t bits = *(volatile uint32_t *)CONFIG_ADDR;
+    /* The second word, 1: flush_tlb does nothing, and the guest must notice. */
+    pool_skip_flush = *(volatile uint32_t *)(CONFIG_ADDR + 4) == 1;
     put("\nhv: Arm EL2 stub, libaxalloc ");
     puthex(axalloc_version());
     put("\n");

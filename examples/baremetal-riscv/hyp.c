@@ -14,6 +14,7 @@
 #include "console.h"
 #include "hv.h"
 #include "layout.h"
+#include "pool.h"
 
 #define UART        0x10000000ul     /* 16550 */
 #define TEST_DEV    0x00100000ul     /* sifive_test: ends QEMU with a status */
@@ -119,6 +120,8 @@ static char title[] = "riscv_sv??x4";
 void hyp_main(void)
 {
     uint32_t bits = *(volatile uint32_t *)CONFIG_ADDR;
+    /* The second word, 1: flush_tlb does nothing, and the guest must notice. */
+    pool_skip_flush = *(volatile uint32_t *)(CONFIG_ADDR + 4) == 1;
     put("\nhv: RISC-V HS-mode stub, libaxalloc ");
     puthex(axalloc_version());
     put("\n");

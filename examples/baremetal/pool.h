@@ -19,5 +19,8 @@ axalloc_hooks_t pool_hooks(void);
 uint64_t pool_in_use(void);        /* frames handed out and not given back */
 uint64_t pool_flushes(void);       /* flush_tlb calls so far */
 int pool_errors(void);             /* hook contract violations seen (double free, ...) */
+/* When set, flush_tlb is counted but does nothing: the run that checks the
+ * checks (a stale translation must make the guest fail). */
+extern int pool_skip_flush;
 
 #endif
