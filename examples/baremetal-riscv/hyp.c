@@ -6,7 +6,7 @@
  * Extension": scause 20 fetch, 21 load, 23 store/AMO; htval holds the
  * guest-physical address shifted right by 2).
  *
- * gpa_bits (41 = Sv39x4, 50 = Sv48x4) comes from a word QEMU's generic
+ * gpa_bits (41 = Sv39x4, 50 = Sv48x4, 59 = Sv57x4) comes from a word QEMU's generic
  * loader puts at CONFIG_ADDR (-device loader,addr=0x807ff000,data=41,data-len=4).
  */
 #include <stdint.h>
@@ -132,11 +132,14 @@ void hyp_main(void)
     } else if (bits == 50) {
         format = AXALLOC_FORMAT_RISCV_SV48X4, levels = 4, mode = 9;
         title[8] = '4', title[9] = '8';
+    } else if (bits == 59) {
+        format = AXALLOC_FORMAT_RISCV_SV57X4, levels = 5, mode = 10;
+        title[8] = '5', title[9] = '7';
     } else {
-        hv_fail("no gpa_bits (41 or 50) at 0x807ff000 (-device loader,addr=0x807ff000,data=N,data-len=4)", bits);
+        hv_fail("no gpa_bits (41, 50 or 59) at 0x807ff000 (-device loader,addr=0x807ff000,data=N,data-len=4)", bits);
     }
-    /* QEMU 7.2 treats G-stage addresses as sign-extended at bit 40 / 49
-     * (fixed in 8.1): the guest's top is the lower half's end. */
+    /* QEMU 7.2 treats G-stage addresses as sign-extended at bit 40 / 49 /
+     * 58 (fixed in 8.1): the guest's top is the lower half's end. */
     uint64_t top = 1ull << (bits - 1);
     axalloc_hw_t hw;
     hv_init(format, bits, top, POOL_BASE, LIN_HPA, title, &hw);
