@@ -36,6 +36,8 @@ void guest_run(struct vcpu *v);
 void hyp_main(void);
 void hyp_bug(void);
 
+const uint64_t arch_uart_hpa = UART;
+
 void arch_putc(char c)
 {
     volatile uint32_t *u = (volatile uint32_t *)UART;

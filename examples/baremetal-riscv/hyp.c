@@ -44,6 +44,8 @@ void guest_run(struct vcpu *v);
 void hyp_main(void);
 void hyp_bug(int m);
 
+const uint64_t arch_uart_hpa = UART;
+
 void arch_putc(char c)
 {
     volatile uint8_t *u = (volatile uint8_t *)UART;

@@ -21,6 +21,21 @@ static inline void mmio_w8(uint64_t addr, uint8_t v)
     x0; })
 /* mov x0, #42; ret */
 #define RET42_CODE { 0xd2800540u, 0xd65f03c0u }
+/* The passed-through UART is a PL011: its PrimeCell ID registers
+ * (0xff0..0xffc) read 0x0d, 0xf0, 0x05, 0xb1; DR at 0, FR.TXFF bit 5. */
+static inline int uart_id_ok(uint64_t u)
+{
+    volatile uint32_t *r = (volatile uint32_t *)u;
+    return r[0xff0 / 4] == 0x0d && r[0xff4 / 4] == 0xf0 && r[0xff8 / 4] == 0x05 &&
+           r[0xffc / 4] == 0xb1;
+}
+static inline void uart_putc(uint64_t u, char c)
+{
+    volatile uint32_t *r = (volatile uint32_t *)u;
+    while (r[0x18 / 4] & (1u << 5))
+        ;
+    r[0] = (uint8_t)c;
+}
 #elif defined(__riscv)
 /* An uncompressed SB: the hypervisor reads the instruction at sepc and takes
  * the value from rs2. */
@@ -37,6 +52,20 @@ static inline void mmio_w8(uint64_t addr, uint8_t v)
     a0; })
 /* li a0, 42; ret */
 #define RET42_CODE { 0x02a00513u, 0x00008067u }
+/* The passed-through UART is a 16550: LSR (5) has THRE (bit 5) set when
+ * idle and bit 7 (FIFO error) clear; THR at 0. */
+static inline int uart_id_ok(uint64_t u)
+{
+    uint8_t lsr = *(volatile uint8_t *)(u + 5);
+    return (lsr & 0x20) && !(lsr & 0x80);
+}
+static inline void uart_putc(uint64_t u, char c)
+{
+    volatile uint8_t *r = (volatile uint8_t *)u;
+    while (!(r[5] & 0x20))
+        ;
+    r[0] = (uint8_t)c;
+}
 #else
 #error "the bare-metal guest is for AArch64 or RISC-V"
 #endif

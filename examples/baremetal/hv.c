@@ -123,6 +123,8 @@ void hv_init(uint32_t format, uint32_t gpa_bits, uint64_t top_, uint64_t pool_ba
         l[i] = pat(top - LIN_OFF + 8 * i, 0x4444);
     arch_sync_code(lin_hpa, LIN_SIZE);
     must(axalloc_map_linear(as, top - LIN_OFF, lin_hpa, LIN_SIZE, rw), "map linear range");
+    must(axalloc_map_linear(as, top - DEV_OFF, arch_uart_hpa, PAGE, rw | AXALLOC_DEVICE),
+         "map the UART (DEVICE)");
     uint64_t hpa = 0, ps = 0;
     must(axalloc_translate(as, top - LIN_OFF + 0x1234, &hpa, &ps), "translate linear");
     hv_check(hpa == lin_hpa + 0x1234 && ps == LIN_SIZE, "map_linear made one 2 MiB leaf");

@@ -19,6 +19,7 @@ enum hv_action {
 /* Provided by hyp.c. */
 void arch_exit(int code) __attribute__((noreturn));
 void arch_sync_code(uint64_t hpa, uint64_t size);   /* after the host wrote guest code */
+extern const uint64_t arch_uart_hpa;                 /* the UART page, passed through */
 
 /* Sets up the address space and the guest's regions; fills *hw. Does not
  * return on failure. */

@@ -40,6 +40,8 @@
 #define LIN_OFF    U64(0x400000)
 #define LIN_SIZE   U64(0x200000)
 #define HOLE_OFF   U64(0x100000)            /* from the start of the linear range */
+/* The machine's UART page, map_linear'ed with AXALLOC_DEVICE (passthrough). */
+#define DEV_OFF    U64(0x600000)
 
 /* Hypercalls (Arm: HVC #n, RISC-V: ECALL with a7 = n); arguments and result
  * in the first argument registers. */
