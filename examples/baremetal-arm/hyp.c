@@ -20,7 +20,7 @@
 #define UART        0x09000000ul     /* PL011 */
 #define CONFIG_ADDR 0x407ff000ul
 #define POOL_BASE   0x40800000ul     /* 16 MiB of frames for the library */
-#define LIN_HPA     0x42000000ul     /* 2 MiB the guest sees through map_linear */
+#define RAM_BASE    0x40000000ul     /* 1 GiB aligned: mapped whole into the guest */
 
 #define SYSREG_R(r) ({ uint64_t v_; __asm__ volatile("mrs %0, " #r : "=r"(v_)); v_; })
 #define SYSREG_W(r, v) __asm__ volatile("msr " #r ", %0" : : "r"((uint64_t)(v)))
@@ -130,7 +130,7 @@ void hyp_main(void)
 
     uint64_t top = 1ull << bits;
     axalloc_hw_t hw;
-    hv_init(AXALLOC_FORMAT_ARM_S2, bits, top, POOL_BASE, LIN_HPA, title, &hw);
+    hv_init(AXALLOC_FORMAT_ARM_S2, bits, top, POOL_BASE, RAM_BASE, title, &hw);
 
     /* VTCR_EL2 from the library (T0SZ, SL0, IRGN0, ORGN0, SH0, TG0); the
      * host adds PS (the CPU's output size) and RES1 bit 31; VS = 0 (8-bit

@@ -20,7 +20,7 @@
 #define TEST_DEV    0x00100000ul     /* sifive_test: ends QEMU with a status */
 #define CONFIG_ADDR 0x807ff000ul
 #define POOL_BASE   0x80800000ul     /* 16 MiB of frames for the library */
-#define LIN_HPA     0x82000000ul     /* 2 MiB the guest sees through map_linear */
+#define RAM_BASE    0x80000000ul     /* 1 GiB aligned: mapped whole into the guest */
 
 #define CSR_R(c) ({ uint64_t v_; __asm__ volatile("csrr %0, " #c : "=r"(v_)); v_; })
 #define CSR_W(c, v) __asm__ volatile("csrw " #c ", %0" : : "r"((uint64_t)(v)))
@@ -144,7 +144,7 @@ void hyp_main(void)
      * 58 (fixed in 8.1): the guest's top is the lower half's end. */
     uint64_t top = 1ull << (bits - 1);
     axalloc_hw_t hw;
-    hv_init(format, bits, top, POOL_BASE, LIN_HPA, title, &hw);
+    hv_init(format, bits, top, POOL_BASE, RAM_BASE, title, &hw);
 
     hv_check(hw.levels == levels && hw.root_pages == 4, "x4 root: 4 pages, the mode's levels");
     hv_check(hw.root_pointer == ((uint64_t)mode << 60 | hw.root >> 12),

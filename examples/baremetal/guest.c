@@ -55,6 +55,16 @@ static int check(uint64_t base, uint64_t size, uint64_t seed)
     return 1;
 }
 
+/* check() for bytes read at `at` that were written for address `as`. */
+static int check2(uint64_t at, uint64_t as, uint64_t size, uint64_t seed)
+{
+    volatile uint64_t *p = (volatile uint64_t *)at;
+    for (uint64_t i = 0; i < size / 8; i++)
+        if (p[i] != pat(as + 8 * i, seed))
+            return 0;
+    return 1;
+}
+
 static int all_zero(uint64_t base, uint64_t size)
 {
     volatile uint64_t *p = (volatile uint64_t *)base;
@@ -121,6 +131,21 @@ int guest_main(uint64_t top)
     CHECK(HCALL(HC_DENIED, 0, 0) == denied + 1, 64);
     fill(lin + LIN_SIZE - 2 * PAGE, 2 * PAGE, 0x5555);   /* the host checks these */
     CHECK(check(lin + LIN_SIZE - 2 * PAGE, 2 * PAGE, 0x5555), 65);
+
+    /* The same host bytes through the 1 GiB alias; then a hole punched in
+     * it (a 1 GiB leaf split down to 4 KiB): the rest reads the same, the
+     * hole faults. */
+    uint64_t g1 = top - G1_OFF, alias = g1 + LIN_HOST_OFF;
+    CHECK(check2(alias, lin, 16 * PAGE, 0x4444), 80);
+    CHECK(HCALL(HC_HOLE1G, 0, 0) == 0, 81);
+    CHECK(check2(alias, lin, 16 * PAGE, 0x4444), 82);
+    denied = HCALL(HC_DENIED, 0, 0);
+    (void)*(volatile uint64_t *)(g1 + G1_HOLE);
+    CHECK(HCALL(HC_DENIED, 0, 0) == denied + 1, 83);
+    (void)*(volatile uint64_t *)(g1 + G1_HOLE - PAGE);    /* the neighbours and a */
+    (void)*(volatile uint64_t *)(g1 + G1_HOLE + PAGE);    /* far 2 MiB still map */
+    (void)*(volatile uint64_t *)(g1 + 0x7000000);
+    CHECK(HCALL(HC_DENIED, 0, 0) == denied + 1, 84);
 
     /* Device passthrough: the machine's UART, mapped AXALLOC_DEVICE; its
      * registers answer as that device's, and a line goes out directly. */

@@ -10,7 +10,7 @@
 extern const char __guest_start[], __guest_end[], guest_entry[];
 
 static axalloc_as_t *as;
-static uint64_t top, lin_hpa;
+static uint64_t top, lin_hpa, ram_hpa, huge;
 static const char *title;
 static uint64_t denied;       /* accesses refused, for HC_DENIED */
 static uint64_t resolved;     /* faults axalloc_handle_fault answered OK */
@@ -66,11 +66,12 @@ static uint64_t pat(uint64_t a, uint64_t seed)
 }
 
 void hv_init(uint32_t format, uint32_t gpa_bits, uint64_t top_, uint64_t pool_base,
-             uint64_t lin_hpa_, const char *title_, axalloc_hw_t *hw)
+             uint64_t ram, const char *title_, axalloc_hw_t *hw)
 {
     title = title_;
     top = top_;
-    lin_hpa = lin_hpa_;
+    ram_hpa = ram;
+    lin_hpa = ram + LIN_HOST_OFF;
     pool_init(pool_base);
     put("hv: ");
     put(title);
@@ -123,11 +124,17 @@ void hv_init(uint32_t format, uint32_t gpa_bits, uint64_t top_, uint64_t pool_ba
         l[i] = pat(top - LIN_OFF + 8 * i, 0x4444);
     arch_sync_code(lin_hpa, LIN_SIZE);
     must(axalloc_map_linear(as, top - LIN_OFF, lin_hpa, LIN_SIZE, rw), "map linear range");
-    must(axalloc_map_linear(as, top - DEV_OFF, arch_uart_hpa, PAGE, rw | AXALLOC_DEVICE),
-         "map the UART (DEVICE)");
     uint64_t hpa = 0, ps = 0;
     must(axalloc_translate(as, top - LIN_OFF + 0x1234, &hpa, &ps), "translate linear");
     hv_check(hpa == lin_hpa + 0x1234 && ps == LIN_SIZE, "map_linear made one 2 MiB leaf");
+    /* 1 GiB leaves where a level maps 1 GiB below the root: 3+ levels. */
+    huge = hw->levels >= 3 ? G1_SIZE : 0x200000;
+    must(axalloc_map_linear(as, top - G1_OFF, ram, G1_SIZE, rw), "map 1 GiB linear range");
+    must(axalloc_translate(as, top - G1_OFF + 0x5678, &hpa, &ps), "translate 1 GiB range");
+    hv_check(hpa == ram + 0x5678 && ps == huge,
+             huge == G1_SIZE ? "map_linear made a 1 GiB leaf" : "map_linear made 2 MiB leaves (2 levels)");
+    must(axalloc_map_linear(as, top - DEV_OFF, arch_uart_hpa, PAGE, rw | AXALLOC_DEVICE),
+         "map the UART (DEVICE)");
 }
 
 static const char *access_name(uint32_t a)
@@ -155,8 +162,9 @@ enum hv_action hv_fault(uint64_t gpa, uint32_t access)
     if (st == AXALLOC_ERR_NOT_MAPPED && (gpa & ~(PAGE - 1)) == top - MMIO_OFF &&
         access == AXALLOC_WRITE)
         return HV_CONSOLE;
-    if (st == AXALLOC_ERR_NOT_MAPPED && (gpa & ~(PAGE - 1)) == top - LIN_OFF + HOLE_OFF &&
-        access == AXALLOC_READ) {
+    if (st == AXALLOC_ERR_NOT_MAPPED && access == AXALLOC_READ &&
+        ((gpa & ~(PAGE - 1)) == top - LIN_OFF + HOLE_OFF ||
+         (gpa & ~(PAGE - 1)) == top - G1_OFF + G1_HOLE)) {
         put("hv: refused guest read of the hole at ");
         puthex(gpa);
         put(" (ERR_NOT_MAPPED)\n");
@@ -215,7 +223,7 @@ static void finish(uint64_t code)
     if (code)
         hv_fail("the guest failed, code", code);
     hv_check(console_bytes > 0, "the guest's console stores were emulated (ERR_NOT_MAPPED)");
-    hv_check(denied == 3, "one write, one fetch refused (ERR_ACCESS), one hole read (ERR_NOT_MAPPED)");
+    hv_check(denied == 4, "one write, one fetch refused (ERR_ACCESS), two hole reads (ERR_NOT_MAPPED)");
     hv_check(host_sees(top - RAM_OFF, RAM_SIZE, 0x1111), "axalloc_read sees the guest's RAM bytes");
     hv_check(host_sees(top - UNMAP_OFF, UNMAP_SIZE, 0x3333), "axalloc_read sees the re-mapped range's bytes");
     int lin_ok = 1;
@@ -265,6 +273,22 @@ uint64_t hv_hypercall(uint64_t nr, uint64_t a0, uint64_t a1)
         uint64_t hpa = 0, ps = 0;
         must(axalloc_translate(as, top - LIN_OFF + HOLE_OFF + PAGE, &hpa, &ps), "translate linear");
         hv_check(hpa == lin_hpa + HOLE_OFF + PAGE && ps == PAGE, "the split left 4 KiB leaves around the hole");
+        return 0;
+    }
+    case HC_HOLE1G: {
+        uint64_t before = pool_flushes(), g1 = top - G1_OFF, hpa = 0, ps = 0;
+        axalloc_status_t st = axalloc_unmap(as, g1 + G1_HOLE, PAGE);
+        if (st != AXALLOC_OK)
+            return (uint64_t)(int64_t)st;
+        put("hv: the 1 GiB range's hole: flush_tlb called ");
+        putdec(pool_flushes() - before);
+        put(" time(s)\n");
+        hv_check(pool_flushes() - before >= 1 && pool_flushes() - before <= 2,
+                 "splitting the 1 GiB range flushed once or twice");
+        must(axalloc_translate(as, g1 + G1_HOLE + PAGE, &hpa, &ps), "translate 1 GiB range");
+        hv_check(hpa == ram_hpa + G1_HOLE + PAGE && ps == PAGE, "4 KiB leaves next to the hole");
+        must(axalloc_translate(as, g1 + 0x7000000, &hpa, &ps), "translate 1 GiB range");
+        hv_check(hpa == ram_hpa + 0x7000000 && ps == 0x200000, "2 MiB leaves further away");
         return 0;
     }
     case HC_REMAP: {

@@ -23,10 +23,11 @@ extern const uint64_t arch_uart_hpa;                 /* the UART page, passed th
 
 /* Sets up the address space and the guest's regions; fills *hw. Does not
  * return on failure. */
-/* lin_hpa: 2 MiB of the hypervisor's memory, 2 MiB aligned, outside the
- * pool, mapped linearly into the guest (LIN_OFF). */
+/* ram: the start of the hypervisor's RAM, 1 GiB aligned; its first GiB is
+ * mapped linearly into the guest (G1_OFF), and 2 MiB of it, at
+ * LIN_HOST_OFF (outside the pool), once more (LIN_OFF). */
 void hv_init(uint32_t format, uint32_t gpa_bits, uint64_t top, uint64_t pool_base,
-             uint64_t lin_hpa, const char *title, axalloc_hw_t *hw);
+             uint64_t ram, const char *title, axalloc_hw_t *hw);
 /* The guest's entry point as a guest-physical address. */
 uint64_t hv_guest_entry(void);
 /* A stage-2 fault at gpa for access (AXALLOC_READ/WRITE/EXEC). */

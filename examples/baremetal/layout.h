@@ -40,6 +40,14 @@
 #define LIN_OFF    U64(0x400000)
 #define LIN_SIZE   U64(0x200000)
 #define HOLE_OFF   U64(0x100000)            /* from the start of the linear range */
+/* The first GiB of the hypervisor's RAM, map_linear'ed at TOP - G1_OFF
+ * (1 GiB leaves where the format has them: 3 levels or more), then split
+ * by unmapping the page at G1_HOLE. The 2 MiB linear range above is the
+ * same host memory, at LIN_HOST_OFF into it. */
+#define G1_OFF       U64(0x80000000)
+#define G1_SIZE      U64(0x40000000)
+#define G1_HOLE      U64(0x3001000)
+#define LIN_HOST_OFF U64(0x2000000)
 /* The machine's UART page, map_linear'ed with AXALLOC_DEVICE (passthrough). */
 #define DEV_OFF    U64(0x600000)
 
@@ -49,5 +57,6 @@
 #define HC_REMAP     1   /* unmap [a0, a0 + a1) and map it again, lazily; returns the status */
 #define HC_DENIED    2   /* returns how many accesses the hypervisor refused so far */
 #define HC_HOLE      3   /* unmap the page at LIN + HOLE_OFF; returns the status */
+#define HC_HOLE1G    4   /* unmap the page at G1 + G1_HOLE; returns the status */
 
 #endif
