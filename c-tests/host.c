@@ -331,6 +331,8 @@ void th_attach(th_pool_t *p, axalloc_as_t *as, uint32_t format) {
   pthread_mutex_unlock(&p->lock);
 }
 
+axalloc_as_t *th_as_of(th_pool_t *p) { return p->as; }
+
 void th_mark_destroyed(th_pool_t *p) {
   pthread_mutex_lock(&p->lock);
   p->destroyed = true;

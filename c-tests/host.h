@@ -81,6 +81,8 @@ bool th_entry(th_pool_t *p, uint64_t gpa, int level, uint64_t *raw_out);
  * a leaf above level 0 (EPT/NPT PS, Arm block, RISC-V R|W|X); the address
  * the entry names. */
 bool th_present(uint32_t format, uint64_t raw);
+/* The address space th_attach attached (NULL if none). */
+axalloc_as_t *th_as_of(th_pool_t *p);
 bool th_huge(uint32_t format, uint64_t raw);
 uint64_t th_addr(uint32_t format, uint64_t raw);
 /* Sets bits in the raw leaf mapping gpa (as hardware sets accessed/dirty). */

@@ -24,13 +24,41 @@
 #define N_ELEMS(a) (sizeof(a) / sizeof((a)[0]))
 
 /* The x86 formats (tests that read x86 entry bits). */
-#define FOR_EACH_FORMAT(fmt) for (uint32_t fmt = AXALLOC_FORMAT_X86_EPT; fmt <= AXALLOC_FORMAT_X86_NPT; fmt++)
+#define FOR_EACH_FORMAT(fmt) for (uint32_t fmt = AXALLOC_FORMAT_X86_EPT; fmt <= AXALLOC_FORMAT_RISCV_SV57X4; fmt++)
 /* Every format, each at its default gpa_bits. */
 #define FOR_ALL_FORMATS(fmt) for (uint32_t fmt = AXALLOC_FORMAT_X86_EPT; fmt <= AXALLOC_FORMAT_RISCV_SV57X4; fmt++)
 
 static inline bool is_riscv_fmt(uint32_t fmt) {
   return fmt == AXALLOC_FORMAT_RISCV_SV39X4 || fmt == AXALLOC_FORMAT_RISCV_SV48X4 ||
          fmt == AXALLOC_FORMAT_RISCV_SV57X4;
+}
+
+/* The default shape of each format (gpa_bits 0): root frames, lookup
+ * levels, guest-physical limit, host-physical limit, the empty entry. */
+static inline uint64_t fmt_root_pages(uint32_t fmt) {
+  return fmt == AXALLOC_FORMAT_ARM_S2 ? 2 : is_riscv_fmt(fmt) ? 4 : 1;
+}
+static inline int fmt_levels(uint32_t fmt) {
+  switch (fmt) {
+    case AXALLOC_FORMAT_ARM_S2:
+    case AXALLOC_FORMAT_RISCV_SV39X4: return 3;
+    case AXALLOC_FORMAT_RISCV_SV57X4: return 5;
+    default: return 4;
+  }
+}
+static inline uint64_t fmt_gpa_limit(uint32_t fmt) {
+  switch (fmt) {
+    case AXALLOC_FORMAT_ARM_S2: return 1ull << 40;
+    case AXALLOC_FORMAT_RISCV_SV39X4: return 1ull << 41;
+    case AXALLOC_FORMAT_RISCV_SV48X4: return 1ull << 50;
+    case AXALLOC_FORMAT_RISCV_SV57X4: return 1ull << 59;
+    default: return GPA_LIMIT;
+  }
+}
+static inline uint64_t fmt_hpa_limit(uint32_t fmt) { return fmt == AXALLOC_FORMAT_ARM_S2 ? 1ull << 48 : HPA_LIMIT; }
+static inline uint64_t fmt_empty(uint32_t fmt) { return fmt == AXALLOC_FORMAT_X86_EPT ? 1ull << 63 : 0; }
+static inline bool is_x86_fmt(uint32_t fmt) {
+  return fmt == AXALLOC_FORMAT_X86_EPT || fmt == AXALLOC_FORMAT_X86_NPT;
 }
 
 static inline const char *fmt_name(uint32_t fmt) {
@@ -154,6 +182,14 @@ static inline void xh_flush(void *c, uint64_t gpa, uint64_t size) {
   xhost_t *x = c;
   x->in.flush_tlb(x->in.ctx, gpa, size);
 }
+static inline int32_t xh_alloc_contig(void *c, uint32_t order, uint64_t *o) {
+  xhost_t *x = c;
+  return x->in.alloc_contig(x->in.ctx, order, o);
+}
+static inline void xh_free_contig(void *c, uint64_t hpa, uint32_t order) {
+  xhost_t *x = c;
+  x->in.free_contig(x->in.ctx, hpa, order);
+}
 
 /* Creates pool + address space; the extra memory is [xbase, xbase + xsize),
  * filled with `fill`. */
@@ -177,6 +213,8 @@ static inline th_fx_t xfx_new(xhost_t *x, uint32_t format, uint32_t cfg_flags, u
   h.free_frame = xh_free;
   h.phys_to_virt = xh_p2v;
   h.flush_tlb = xh_flush;
+  h.alloc_contig = xh_alloc_contig;
+  h.free_contig = xh_free_contig;
   axalloc_config_t cfg = {
       .struct_size = sizeof cfg, .format = format, .flags = cfg_flags, .base = base, .size = size};
   if (axalloc_as_create(&cfg, &h, &f.as) != AXALLOC_OK) {

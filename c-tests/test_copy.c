@@ -282,7 +282,7 @@ static void copy_null_buffer_is_invalid(void) {
 
 static void copy_overflowing_range_is_invalid(void) {
   FOR_EACH_FORMAT(fmt) {
-    th_fx_t f = th_fx_new(fmt, 0, 0, GPA_LIMIT, 1024);
+    th_fx_t f = th_fx_new(fmt, 0, 0, fmt_gpa_limit(fmt), 1024);
     CHECK_STATUS(axalloc_map_alloc(f.as, 0, 4 * PAGE, RW, true), AXALLOC_OK);
     th_scan(f.pool);
     snap_t s0 = snap_of(&f);

@@ -24,11 +24,18 @@ static void *c_p2v(void *ctx, uint64_t hpa) {
 static void c_flush(void *ctx, uint64_t gpa, uint64_t size) {
   counting_of(ctx)->inner.flush_tlb(counting_of(ctx)->inner.ctx, gpa, size);
 }
+static int32_t c_alloc_contig(void *ctx, uint32_t order, uint64_t *out) {
+  return counting_of(ctx)->inner.alloc_contig(counting_of(ctx)->inner.ctx, order, out);
+}
+static void c_free_contig(void *ctx, uint64_t hpa, uint32_t order) {
+  counting_of(ctx)->inner.free_contig(counting_of(ctx)->inner.ctx, hpa, order);
+}
 
 static axalloc_as_t *make(th_pool_t *p, counting_t *c, uint32_t fmt, bool linear) {
   c->inner = th_hooks(p);
   c->p2v_calls = 0;
-  axalloc_hooks_t h = {.struct_size = sizeof h, .ctx = c, .alloc_frame = c_alloc, .free_frame = c_free, .phys_to_virt = c_p2v, .flush_tlb = c_flush};
+  axalloc_hooks_t h = {.struct_size = sizeof h, .ctx = c, .alloc_frame = c_alloc, .free_frame = c_free, .phys_to_virt = c_p2v, .flush_tlb = c_flush,
+                       .alloc_contig = c_alloc_contig, .free_contig = c_free_contig};
   axalloc_config_t cfg = {.struct_size = sizeof cfg, .format = fmt, .base = 0, .size = 64 * GIB};
   if (linear) {
     cfg.flags = AXALLOC_CFG_LINEAR_MAP;

@@ -168,7 +168,7 @@ static void fault_no_memory_changes_nothing(void) {
     /* fresh areas needing 3, 2, 1 and 0 new tables */
     uint64_t gpas[] = {600 * GIB + 0x123, 600 * GIB + 5 * GIB, 600 * GIB + 5 * GIB + 4 * MIB,
                        600 * GIB + 5 * GIB + 4 * MIB + PAGE};
-    long need[] = {4, 3, 2, 1};
+    long need[] = {fmt_levels(fmt), 3, 2, 1}; /* the first: every table below the root */
     for (int g = 0; g < 4; g++) {
       long n;
       for (n = 0; n < 20; n++) {

@@ -165,7 +165,7 @@ static void sweep_create(void) {
           case 32: asp = NULL; break;
           case 33: h.alloc_frame = NULL; break;
           case 34: h.phys_to_virt = NULL; break;
-          case 35: h.free_contig = other_free_contig; break; /* without alloc_contig */
+          case 35: h.alloc_contig = NULL, h.free_contig = other_free_contig; break; /* without alloc_contig */
           case 36: c.reserved = 1; break;
           case 37: h.reserved = 1; break;
           case 38: c.linear_offset = 4096; break;

@@ -55,7 +55,7 @@ pub const AXALLOC_ERR_UNSUPPORTED: axalloc_status_t = -6;
 /// space. Never the answer to bad input.
 pub const AXALLOC_ERR_INTERNAL: axalloc_status_t = -7;
 /// A hook broke its contract: `alloc_frame` returned a frame that is not
-/// 4 KiB aligned or lies at or beyond 2^52 (it is handed back through
+/// 4 KiB aligned or lies at or beyond 2^52 (2^48 for Arm stage 2) (it is handed back through
 /// `free_frame` at once), or `phys_to_virt` returned NULL or a pointer that
 /// is not page-aligned for a frame the library was taking (a new table or
 /// guest frame; it is handed back) or a linear range it was copying
@@ -305,13 +305,13 @@ pub struct axalloc_hooks {
     pub ctx: *mut c_void,
     /// Required. May run under the lock (shared: a fault's frame and tables;
     /// exclusive: region bookkeeping, edge splits of an unmap): must not sleep
-    /// or wait for other CPUs. Obtains one 4 KiB frame, 4 KiB aligned, below 2^52: writes
+    /// or wait for other CPUs. Obtains one 4 KiB frame, 4 KiB aligned, below 2^52 (2^48 for `AXALLOC_FORMAT_ARM_S2`): writes
     /// its host-physical address to `*hpa_out` and returns 0, or returns
     /// non-zero when none is available (the call then fails with
     /// `AXALLOC_ERR_NO_MEMORY`). Contents may be anything, unless the config
     /// says `AXALLOC_CFG_FRAMES_ZEROED` (table frames are initialised by the
     /// library either way). A misaligned frame, or one at or
-    /// beyond 2^52, is handed back through `free_frame` at once and the call
+    /// beyond that limit, is handed back through `free_frame` at once and the call
     /// fails with `AXALLOC_ERR_HOOK`.
     pub alloc_frame: Option<unsafe extern "C" fn(ctx: *mut c_void, hpa_out: *mut u64) -> i32>,
     /// Required. Never called with the lock held (it may wait), except when
@@ -856,7 +856,7 @@ pub unsafe extern "C" fn axalloc_map_alloc(
 /// Returns:
 /// - `AXALLOC_OK`.
 /// - `AXALLOC_ERR_INVALID`: as `axalloc_map_alloc`, plus an unaligned `hpa`
-///   or one whose range passes 2^52.
+///   or one whose range passes 2^52 (2^48 for Arm stage 2, whose entries hold 48-bit output addresses).
 /// - `AXALLOC_ERR_EXISTS`, `AXALLOC_ERR_BUSY`, `AXALLOC_ERR_LIMIT`,
 ///   `AXALLOC_ERR_NO_MEMORY` (a table frame), `AXALLOC_ERR_HOOK`,
 ///   `AXALLOC_ERR_INTERNAL`: as `axalloc_map_alloc`.

@@ -37,6 +37,10 @@ pub struct Hooks {
     /// `AXALLOC_CFG_LINEAR_MAP`: the host-virtual address of every frame the
     /// hooks give is `hpa + linear_offset` (a direct map).
     linear_offset: Option<usize>,
+    /// Frames at or above this host-physical address cannot be named by the
+    /// format's entries: 2^52 (x86), 2^48 (Arm, 48-bit output addresses),
+    /// 2^56 capped at 2^52 (RISC-V, the library's own limit).
+    hpa_limit: u64,
 }
 
 // SAFETY: the header requires every hook to be callable from any thread, also
@@ -74,6 +78,7 @@ impl Hooks {
             free_contig: h.free_contig,
             relax: h.relax,
             linear_offset: None,
+            hpa_limit: HPA_LIMIT,
         })
     }
 
@@ -90,7 +95,7 @@ impl Hooks {
         if rc != 0 {
             return Err(Error::NoMemory);
         }
-        if !hpa.is_multiple_of(FRAME_SIZE as u64) || hpa >= HPA_LIMIT {
+        if !hpa.is_multiple_of(FRAME_SIZE as u64) || hpa >= self.hpa_limit {
             // SAFETY: the host just gave us this value as a frame; returning
             // it unused is the only sensible thing to do with it.
             unsafe { (self.free_frame)(self.ctx, hpa) };
@@ -128,7 +133,11 @@ impl Hooks {
             return Err(Error::NoMemory);
         }
         let bytes = (FRAME_SIZE as u64) << order;
-        if !hpa.is_multiple_of(bytes) || hpa.checked_add(bytes).is_none_or(|end| end > HPA_LIMIT) {
+        if !hpa.is_multiple_of(bytes)
+            || hpa
+                .checked_add(bytes)
+                .is_none_or(|end| end > self.hpa_limit)
+        {
             // SAFETY: hand back what the host just gave us, unused.
             unsafe { free(self.ctx, hpa, order) };
             return Err(Error::Hook);
@@ -146,6 +155,18 @@ impl Hooks {
             // SAFETY: valid hook per `from_c`; ownership per the contract.
             unsafe { free(self.ctx, hpa.as_u64(), order) }
         }
+    }
+
+    /// Restricts frames to below `limit` (the format's output-address
+    /// width); a frame beyond it breaks the hook's contract (`Error::Hook`).
+    pub fn with_hpa_limit(mut self, limit: u64) -> Self {
+        self.hpa_limit = limit.min(HPA_LIMIT);
+        self
+    }
+
+    /// Frames (and linear ranges) must end at or below this address.
+    pub fn hpa_limit(&self) -> u64 {
+        self.hpa_limit
     }
 
     /// Declares the host's direct map: `phys_to_virt(hpa) == hpa + offset`

@@ -35,9 +35,6 @@ use crate::table::map::{LeafSource, Prepared};
 use crate::table::unmap::DetachCtx;
 use crate::table::{TablePool, Walker, read};
 
-/// Highest host-physical address + 1 a linear mapping may reach.
-const HPA_LIMIT: usize = 1 << 52;
-
 /// One leaf template per combination of region flags.
 const LEAF_TEMPLATES: usize = Flags::ALL.bits() as usize + 1;
 
@@ -222,6 +219,7 @@ impl AddrSpace {
     /// table. On error nothing is held.
     pub fn create(config: Config, hooks: Hooks) -> Result<NonNull<AddrSpace>> {
         config.validate()?;
+        let hooks = hooks.with_hpa_limit(1 << config.format.hpa_bits());
         let home = hooks.alloc_frame()?;
         let ptr = match hooks.virt(home) {
             Ok(p) if (p.as_ptr() as usize).is_multiple_of(core::mem::align_of::<AddrSpace>()) => {
@@ -440,7 +438,9 @@ impl AddrSpace {
         let (start, end) = self.config.range(gpa, size)?;
         let hpa = hpa as usize;
         if !hpa.is_multiple_of(FRAME_SIZE)
-            || hpa.checked_add(size as usize).is_none_or(|e| e > HPA_LIMIT)
+            || hpa
+                .checked_add(size as usize)
+                .is_none_or(|e| e as u64 > self.hooks.hpa_limit())
         {
             return Err(Error::Invalid);
         }

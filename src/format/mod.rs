@@ -387,6 +387,17 @@ impl FormatKind {
         with_format!(self, F => F::GPA_BITS)
     }
 
+    /// Width of the host-physical addresses the entries can name (frames
+    /// and linear ranges must lie below): x86 52, Arm 48 (no FEAT_LPA2),
+    /// RISC-V 56 (44-bit PPN).
+    pub fn hpa_bits(self) -> u32 {
+        match self.family() {
+            Family::ArmS2 => 48,
+            Family::Sv39x4 | Family::Sv48x4 | Family::Sv57x4 => 56,
+            Family::Ept | Family::Npt => 52,
+        }
+    }
+
     /// Lookup levels, root included.
     pub fn levels(self) -> usize {
         with_format!(self, F => F::LEVELS)
