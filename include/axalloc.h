@@ -396,8 +396,9 @@ struct axalloc_hooks {
    * the whole span of every table the unmap frees (a paging-structure
    * cache may hold any of it), so it can exceed the unmapped bytes; it
    * always lies inside the address space's window. Never
-   * called with size 0, at most once per `axalloc_unmap`, never for
-   * mappings being added. If NULL, the host guarantees no CPU holds stale
+   * called with size 0, at most once per `axalloc_unmap` (twice with
+   * `AXALLOC_FORMAT_ARM_S2` when a block is split: break-before-make, see
+   * `axalloc_unmap`), never for mappings being added. If NULL, the host guarantees no CPU holds stale
    * translations by other means (e.g. no vCPU runs while it unmaps).
    */
   void (*flush_tlb)(void *ctx, uint64_t gpa, uint64_t size);
@@ -875,7 +876,15 @@ axalloc_status_t axalloc_map_linear(axalloc_as_t *as,
  * Unmaps `[gpa, gpa + size)`, munmap-like: parts no region covers are
  * ignored, regions are trimmed or split, a huge linear leaf partly covered is
  * split. Calls `flush_tlb` at most once, covering every removed present
- * entry, and only then gives removed frames and emptied table frames back.
+ * entry, and only then gives removed frames and emptied table frames back —
+ * with `AXALLOC_FORMAT_ARM_S2` at most twice: a 1 GiB / 2 MiB block the
+ * range's edges split is first made invalid and flushed on its own
+ * (break-before-make, Arm ARM "Using break-before-make when updating
+ * translation table entries"), then the table of smaller leaves replacing
+ * it is linked; meanwhile the block's other pages are invalid too (a fault
+ * there is spurious and `axalloc_translate` reports them `NOT_MAPPED`), and
+ * the block's span counts as in flight (`BUSY` for overlapping maps and
+ * unmaps).
  *
  * Returns:
  * - `AXALLOC_OK` (also when no region lies in the range).

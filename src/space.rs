@@ -548,11 +548,46 @@ impl AddrSpace {
                 return Err(e);
             }
         };
+        // Arm break-before-make: the blocks the edges split go invalid and
+        // are flushed (with no lock held, as every flush) before the tables
+        // replacing them are linked; the claim covers them meanwhile, so no
+        // other operation meets the parked entries. A second flush at most:
+        // the removal's, below.
+        let mut claim = claim;
+        if F::BREAK_BEFORE_MAKE && !pool.is_empty() {
+            let x = m.token();
+            let broke = w.break_edges(&x, start, end).and_then(|(lo, hi)| {
+                if lo < hi {
+                    m.claims
+                        .widen(&mut claim, Gpa::from_usize(lo), Gpa::from_usize(hi))?;
+                }
+                Ok((lo, hi))
+            });
+            match broke {
+                Ok((lo, hi)) if lo < hi => {
+                    drop(m);
+                    let (base, wend) = (self.config.base.as_usize(), self.config.end());
+                    let (lo, hi) = (lo.max(base), hi.min(wend));
+                    if lo < hi {
+                        self.hooks.flush(lo as u64, (hi - lo) as u64);
+                    }
+                    m = self.lock_exclusive();
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    m.claims.release(claim);
+                    m.regions.shrink(&mut spare);
+                    drop(m);
+                    w.release_pool(&mut pool);
+                    spare.free(&self.hooks);
+                    return Err(e);
+                }
+            }
+        }
         // Commit: cannot fail short of a broken invariant.
         let x = m.token();
         let split = w
-            .split_at(&x, start, &mut pool)
-            .and_then(|()| w.split_at(&x, end, &mut pool))
+            .split_edges(&x, start, end, &mut pool)
             .and_then(|()| m.regions.remove_range(start, end, &mut spare));
         let mut ctx = Unmapping {
             space: self,

@@ -182,6 +182,11 @@ impl<const LEVELS: usize, const ROOT_ORDER: u32> Format for ArmS2<LEVELS, ROOT_O
     const OWNED: u64 = OWNED;
     const EMPTY: u64 = 0;
     const HW_BITS: u64 = AF;
+    // Arm ARM, "Translation table entry changes" / "Using break-before-make
+    // when updating translation table entries": a change of block size (a
+    // block replaced by a table of smaller entries) needs the old entry made
+    // invalid and its TLB entries invalidated before the new one is written.
+    const BREAK_BEFORE_MAKE: bool = true;
 
     /// Bits 47:12 hold the output address in place; `hpa` is a 4 KiB-aligned
     /// frame (`Hooks` checks; frames at or above 2^48 are refused at
