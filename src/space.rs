@@ -65,6 +65,9 @@ pub struct Config {
     pub no_huge_1g: bool,
     /// RISC-V: DEVICE leaves get Svpbmt PBMT = IO (`AXALLOC_CFG_RISCV_SVPBMT`).
     pub svpbmt: bool,
+    /// Arm: the host runs with FEAT_S2FWB (`AXALLOC_CFG_ARM_S2FWB`): leaves
+    /// use the FWB MemAttr encoding.
+    pub s2fwb: bool,
     /// Guest-physical window all mappings must lie in.
     pub base: Gpa,
     /// Its size in bytes.
@@ -83,8 +86,12 @@ impl Config {
         if self.gpa_bits > self.format.max_gpa_bits() || end > 1usize << self.gpa_bits {
             return Err(Error::Invalid);
         }
-        // Svpbmt is a RISC-V extension: meaningless for another format.
+        // Svpbmt is a RISC-V extension, FEAT_S2FWB an Arm one: meaningless
+        // for another format.
         if self.svpbmt && self.device_pbmt_is_native() {
+            return Err(Error::Invalid);
+        }
+        if self.s2fwb && self.format.family() != format::Family::ArmS2 {
             return Err(Error::Invalid);
         }
         Ok(())
@@ -106,12 +113,16 @@ impl Config {
 
     /// The encoder's view of region flags `flags` in this space.
     pub fn mapping(&self, flags: Flags) -> page_table_multiarch::MappingFlags {
-        let m = flags.to_mapping();
-        if self.device_pbmt() {
-            m
-        } else {
-            m - page_table_multiarch::MappingFlags::DEVICE
+        use page_table_multiarch::MappingFlags as M;
+        let mut m = flags.to_mapping();
+        if !self.device_pbmt() {
+            m -= M::DEVICE;
         }
+        if self.s2fwb {
+            // The Arm encoder's FEAT_S2FWB selector (see `format::arm`).
+            m |= crate::format::arm::FWB;
+        }
+        m
     }
 
     fn end(&self) -> usize {

@@ -283,6 +283,7 @@ impl Pool {
             frames_zeroed: false,
             no_huge_1g: false,
             svpbmt: false,
+            s2fwb: false,
             base: Gpa::from_u64(0),
             size: size as usize,
         };
