@@ -110,8 +110,9 @@ static void values_flag_as_format_is_invalid(void) {
 /* Reserved config flags are named and refused as UNSUPPORTED; bits with no
  * name, in bits 8-15 or outside, are INVALID. */
 static void values_reserved_config_flags_are_unsupported(void) {
-  /* RISCV_SVPBMT is no longer reserved (test_create.svpbmt_only_for_riscv) */
-  uint32_t reserved[] = {AXALLOC_CFG_HW_AD, AXALLOC_CFG_ARM_S2FWB};
+  /* RISCV_SVPBMT and ARM_S2FWB are no longer reserved
+   * (test_create.svpbmt_only_for_riscv, s2fwb_only_for_arm) */
+  uint32_t reserved[] = {AXALLOC_CFG_HW_AD};
   uint32_t unknown[] = {1u << 14, 1u << 15, 1u << 16, 1u << 23, 1u << 24, 1u << 31};
   FOR_EACH_FORMAT(fmt) {
     th_pool_t *p = th_pool_new(16, 0x40000000ull, false);

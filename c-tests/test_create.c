@@ -527,6 +527,14 @@ static void svpbmt_only_for_riscv(void) {
   }
 }
 
+/* AXALLOC_CFG_ARM_S2FWB: accepted for Arm stage 2, INVALID for the others. */
+static void s2fwb_only_for_arm(void) {
+  FOR_ALL_FORMATS(fmt) {
+    axalloc_status_t want = fmt == AXALLOC_FORMAT_ARM_S2 ? AXALLOC_OK : AXALLOC_ERR_INVALID;
+    expect_create("s2fwb", cfg_of(fmt, AXALLOC_CFG_ARM_S2FWB, 0, GIB), NULL, want);
+  }
+}
+
 static void as_hw_rejects_null(void) {
   axalloc_hw_t hw;
   CHECK_STATUS(axalloc_as_hw(NULL, &hw), AXALLOC_ERR_INVALID);
@@ -542,4 +550,5 @@ TEST_MAIN(T(create_rejects_unknown_format), T(create_rejects_unknown_cfg_bits), 
           T(create_no_memory_at_every_allocation_point), T(as_root_nonzero_and_constant), T(status_str_never_null),
           T(null_as_is_harmless), T(create_then_destroy_returns_every_frame), T(create_gpa_bits_per_format),
           T(create_rejects_nonzero_reserved2), T(multi_page_root_needs_alloc_contig), T(as_hw_per_format),
-          T(config_of_0_2_0_size_means_default_gpa_bits), T(svpbmt_only_for_riscv), T(as_hw_rejects_null))
+          T(config_of_0_2_0_size_means_default_gpa_bits), T(svpbmt_only_for_riscv), T(s2fwb_only_for_arm),
+          T(as_hw_rejects_null))

@@ -243,7 +243,8 @@ static void unmap_across_several_regions(void) {
     fill_guest(&f, 8 * MIB, MIB, 0x22);
     size_t fl = th_flushes(f.pool);
     CHECK_STATUS(axalloc_unmap(f.as, MIB / 2, 5 * MIB - MIB / 2), AXALLOC_OK); /* [512K, 5M) */
-    CHECK_FLUSHES(&f, fl, 1);
+    /* Arm: C's 2 MiB block at 4 MiB is split: break-before-make flushes it first */
+    CHECK_FLUSHES(&f, fl, fmt == AXALLOC_FORMAT_ARM_S2 ? 2 : 1);
     CHECK_FLUSH_COVERS(&f, MIB / 2, MIB / 2);           /* A's tail */
     CHECK_FLUSH_COVERS(&f, MIB + 5 * PAGE, PAGE);       /* B's faulted pages */
     CHECK_FLUSH_COVERS(&f, 2 * MIB - PAGE, PAGE);
@@ -280,7 +281,7 @@ static void unmap_splits_huge_linear_leaf(void) {
     const uint64_t hole = g + 2 * MIB + PAGE;
     size_t fl = th_flushes(f.pool);
     CHECK_STATUS(axalloc_unmap(f.as, hole, PAGE), AXALLOC_OK);
-    CHECK_FLUSHES(&f, fl, 1);
+    CHECK_FLUSHES(&f, fl, fmt == AXALLOC_FORMAT_ARM_S2 ? 2 : 1); /* Arm: break-before-make first */
     CHECK_FLUSH_COVERS(&f, hole, PAGE);
     CHECK_STATUS(axalloc_translate(f.as, hole, NULL, NULL), AXALLOC_ERR_NOT_MAPPED);
     CHECK_STATUS(axalloc_translate(f.as, hole + PAGE - 1, NULL, NULL), AXALLOC_ERR_NOT_MAPPED);

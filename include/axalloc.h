@@ -214,8 +214,13 @@
 #define AXALLOC_CFG_HW_AD (1u << 11)
 
 /**
- * Config flag, reserved for Arm FEAT_S2FWB: this version answers
- * `AXALLOC_ERR_UNSUPPORTED`.
+ * Config flag, `AXALLOC_FORMAT_ARM_S2` only (`AXALLOC_ERR_INVALID` with any
+ * other format): the host runs with FEAT_S2FWB enabled (HCR_EL2.FWB = 1).
+ * Leaves then use the FWB MemAttr encoding — Normal write-back `0b0110`
+ * (stage 2 forces write-back, whatever the guest's stage 1 says),
+ * Device-nGnRE `0b0001` as without FWB — and the cache maintenance that
+ * `axalloc_handle_fault` describes is unnecessary: the guest cannot see
+ * stale memory behind the cache.
  */
 #define AXALLOC_CFG_ARM_S2FWB (1u << 12)
 
@@ -396,8 +401,9 @@ struct axalloc_hooks {
    * the whole span of every table the unmap frees (a paging-structure
    * cache may hold any of it), so it can exceed the unmapped bytes; it
    * always lies inside the address space's window. Never
-   * called with size 0, at most once per `axalloc_unmap`, never for
-   * mappings being added. If NULL, the host guarantees no CPU holds stale
+   * called with size 0, at most once per `axalloc_unmap` (twice with
+   * `AXALLOC_FORMAT_ARM_S2` when a block is split: break-before-make, see
+   * `axalloc_unmap`), never for mappings being added. If NULL, the host guarantees no CPU holds stale
    * translations by other means (e.g. no vCPU runs while it unmaps).
    */
   void (*flush_tlb)(void *ctx, uint64_t gpa, uint64_t size);
@@ -688,13 +694,13 @@ uint32_t axalloc_version(void);
  *   not one of `AXALLOC_FORMAT_*` (a flag given as a format included);
  *   `flags` with a bit outside the known `AXALLOC_CFG_*` (a map flag given
  *   as a config flag included); `AXALLOC_CFG_RISCV_SVPBMT` with a
- *   non-RISC-V format; `gpa_bits` not one the format allows; a non-zero
+ *   non-RISC-V format; `AXALLOC_CFG_ARM_S2FWB` with a non-Arm format; `gpa_bits` not one the format allows; a non-zero
  *   `reserved2`; the window unaligned, empty, overflowing or beyond
  *   `2^gpa_bits`; `linear_offset` unaligned, or non-zero without
  *   `AXALLOC_CFG_LINEAR_MAP`; a required hook NULL; `free_contig` given
  *   without `alloc_contig` or the reverse.
- * - `AXALLOC_ERR_UNSUPPORTED`: a reserved `AXALLOC_CFG_*` flag (`HW_AD`,
- *   `ARM_S2FWB`), a non-zero `reserved` field, a non-zero unknown tail of
+ * - `AXALLOC_ERR_UNSUPPORTED`: a reserved `AXALLOC_CFG_*` flag
+ *   (`HW_AD`), a non-zero `reserved` field, a non-zero unknown tail of
  *   a larger struct, or a format / `gpa_bits` whose root is several pages
  *   (Arm concatenated, every RISC-V format) without `alloc_contig`.
  * - `AXALLOC_ERR_NO_MEMORY`: `alloc_frame` or `alloc_contig` failed.
@@ -875,7 +881,15 @@ axalloc_status_t axalloc_map_linear(axalloc_as_t *as,
  * Unmaps `[gpa, gpa + size)`, munmap-like: parts no region covers are
  * ignored, regions are trimmed or split, a huge linear leaf partly covered is
  * split. Calls `flush_tlb` at most once, covering every removed present
- * entry, and only then gives removed frames and emptied table frames back.
+ * entry, and only then gives removed frames and emptied table frames back —
+ * with `AXALLOC_FORMAT_ARM_S2` at most twice: a 1 GiB / 2 MiB block the
+ * range's edges split is first made invalid and flushed on its own
+ * (break-before-make, Arm ARM "Using break-before-make when updating
+ * translation table entries"), then the table of smaller leaves replacing
+ * it is linked; meanwhile the block's other pages are invalid too (a fault
+ * there is spurious and `axalloc_translate` reports them `NOT_MAPPED`), and
+ * the block's span counts as in flight (`BUSY` for overlapping maps and
+ * unmaps).
  *
  * Returns:
  * - `AXALLOC_OK` (also when no region lies in the range).
@@ -995,6 +1009,35 @@ axalloc_status_t axalloc_discard(axalloc_as_t *as, uint64_t gpa, uint64_t size);
  * that lost a race goes back through `free_frame` after it is released);
  * faults on the same page produce exactly one frame. The frame is zeroed
  * with ordinary stores, so it is in the cache when the guest touches it.
+ *
+ * After `AXALLOC_OK`, before resuming the vCPU (fault-time fences): a CPU
+ * may have cached the *invalid* entry that caused the fault, and keep
+ * faulting on it although the page is now present.
+ * - EPT / NPT: nothing; an EPT violation / #NPF invalidates the cached
+ *   translations for the faulting address (Intel SDM vol. 3C "Invalidation
+ *   of TLBs and paging-structure caches" on EPT violations; AMD APM vol. 2
+ *   on #NPF), and x86 never caches not-present entries.
+ * - Arm stage 2: nothing either for a translation fault (invalid entries are
+ *   not cached by the TLB; the store that linked the page is ordered by the
+ *   library's Release). Hosts that batch faults across vCPUs need no TLBI.
+ * - RISC-V: without Svvptc a hart may use a cached invalid G-stage entry:
+ *   execute a local `HFENCE.GVMA` for that guest-physical address (`rs1 =
+ *   gpa >> 2`, `rs2` = the VMID) on the faulting hart before `sret`, or
+ *   the guest can fault forever. With Svvptc the fence may be skipped (the
+ *   fault then only repeats a bounded number of times).
+ *
+ * Arm cache maintenance (without `AXALLOC_CFG_ARM_S2FWB`): the library
+ * zeroes a new guest frame through the host's cacheable mapping; a guest
+ * running with its caches off reads memory, not the cache, and could see
+ * the frame's previous contents. This version does not clean caches itself
+ * on any host: an Arm host must clean the new frame to the point of
+ * coherency (`DC CVAC` over the page, then `DSB ISH`) before resuming the
+ * vCPU — e.g. in `alloc_frame` after zeroing it itself with
+ * `AXALLOC_CFG_FRAMES_ZEROED`, or after `AXALLOC_OK` here via
+ * `axalloc_translate` — and invalidate the instruction cache for it (`IC
+ * IVAU`, `DSB ISH`, `ISB`) when the region is executable. With FEAT_S2FWB
+ * (`AXALLOC_CFG_ARM_S2FWB`, HCR_EL2.FWB = 1) stage 2 forces write-back and
+ * none of this is needed.
  *
  * # Safety
  * `as` is NULL or a live handle.

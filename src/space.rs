@@ -65,6 +65,9 @@ pub struct Config {
     pub no_huge_1g: bool,
     /// RISC-V: DEVICE leaves get Svpbmt PBMT = IO (`AXALLOC_CFG_RISCV_SVPBMT`).
     pub svpbmt: bool,
+    /// Arm: the host runs with FEAT_S2FWB (`AXALLOC_CFG_ARM_S2FWB`): leaves
+    /// use the FWB MemAttr encoding.
+    pub s2fwb: bool,
     /// Guest-physical window all mappings must lie in.
     pub base: Gpa,
     /// Its size in bytes.
@@ -83,8 +86,12 @@ impl Config {
         if self.gpa_bits > self.format.max_gpa_bits() || end > 1usize << self.gpa_bits {
             return Err(Error::Invalid);
         }
-        // Svpbmt is a RISC-V extension: meaningless for another format.
+        // Svpbmt is a RISC-V extension, FEAT_S2FWB an Arm one: meaningless
+        // for another format.
         if self.svpbmt && self.device_pbmt_is_native() {
+            return Err(Error::Invalid);
+        }
+        if self.s2fwb && self.format.family() != format::Family::ArmS2 {
             return Err(Error::Invalid);
         }
         Ok(())
@@ -106,12 +113,16 @@ impl Config {
 
     /// The encoder's view of region flags `flags` in this space.
     pub fn mapping(&self, flags: Flags) -> page_table_multiarch::MappingFlags {
-        let m = flags.to_mapping();
-        if self.device_pbmt() {
-            m
-        } else {
-            m - page_table_multiarch::MappingFlags::DEVICE
+        use page_table_multiarch::MappingFlags as M;
+        let mut m = flags.to_mapping();
+        if !self.device_pbmt() {
+            m -= M::DEVICE;
         }
+        if self.s2fwb {
+            // The Arm encoder's FEAT_S2FWB selector (see `format::arm`).
+            m |= crate::format::arm::FWB;
+        }
+        m
     }
 
     fn end(&self) -> usize {
@@ -553,11 +564,46 @@ impl AddrSpace {
                 return Err(e);
             }
         };
+        // Arm break-before-make: the blocks the edges split go invalid and
+        // are flushed (with no lock held, as every flush) before the tables
+        // replacing them are linked; the claim covers them meanwhile, so no
+        // other operation meets the parked entries. A second flush at most:
+        // the removal's, below.
+        let mut claim = claim;
+        if F::BREAK_BEFORE_MAKE && !pool.is_empty() {
+            let x = m.token();
+            let broke = w.break_edges(&x, start, end).and_then(|(lo, hi)| {
+                if lo < hi {
+                    m.claims
+                        .widen(&mut claim, Gpa::from_usize(lo), Gpa::from_usize(hi))?;
+                }
+                Ok((lo, hi))
+            });
+            match broke {
+                Ok((lo, hi)) if lo < hi => {
+                    drop(m);
+                    let (base, wend) = (self.config.base.as_usize(), self.config.end());
+                    let (lo, hi) = (lo.max(base), hi.min(wend));
+                    if lo < hi {
+                        self.hooks.flush(lo as u64, (hi - lo) as u64);
+                    }
+                    m = self.lock_exclusive();
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    m.claims.release(claim);
+                    m.regions.shrink(&mut spare);
+                    drop(m);
+                    w.release_pool(&mut pool);
+                    spare.free(&self.hooks);
+                    return Err(e);
+                }
+            }
+        }
         // Commit: cannot fail short of a broken invariant.
         let x = m.token();
         let split = w
-            .split_at(&x, start, &mut pool)
-            .and_then(|()| w.split_at(&x, end, &mut pool))
+            .split_edges(&x, start, end, &mut pool)
             .and_then(|()| m.regions.remove_range(start, end, &mut spare));
         let mut ctx = Unmapping {
             space: self,

@@ -36,6 +36,12 @@ use page_table_multiarch::{GenericPTE, MappingFlags};
 
 use super::Format;
 
+/// The space's `AXALLOC_CFG_ARM_S2FWB` reaches the encoder as
+/// `MappingFlags::USER`, a flag that means nothing at stage 2 (every stage-2
+/// access is checked the same way) and that no other path sets for Arm
+/// leaves: Normal memory then gets the FWB encoding.
+pub const FWB: MappingFlags = MappingFlags::USER;
+
 /// Bits of an Arm stage-2 descriptor.
 pub mod bits {
     /// Bit 0: the descriptor is valid.
@@ -54,8 +60,13 @@ pub mod bits {
     /// MemAttr `0b1111`: Normal, outer and inner write-back cacheable
     /// (without FEAT_S2FWB).
     pub const MEMATTR_NORMAL_WB: u64 = 0b1111;
-    /// MemAttr `0b0001`: Device-nGnRE.
+    /// MemAttr `0b0001`: Device-nGnRE (with or without FEAT_S2FWB).
     pub const MEMATTR_DEVICE_NGNRE: u64 = 0b0001;
+    /// MemAttr `0b0110` under FEAT_S2FWB (HCR_EL2.FWB = 1): Normal
+    /// write-back, forced whatever stage 1 says (Arm ARM, "Stage 2 memory
+    /// type and Cacheability attributes when FEAT_S2FWB is enabled"; Linux
+    /// `MT_S2_FWB_NORMAL`).
+    pub const MEMATTR_FWB_NORMAL_WB: u64 = 0b0110;
     /// S2AP\[0\] (bit 6): stage-2 read access.
     pub const S2AP_R: u64 = 1 << 6;
     /// S2AP\[1\] (bit 7): stage-2 write access.
@@ -101,6 +112,8 @@ impl GenericPTE for ArmS2Entry {
         }
         let attr = if flags.intersects(MappingFlags::DEVICE | MappingFlags::UNCACHED) {
             MEMATTR_DEVICE_NGNRE
+        } else if flags.contains(FWB) {
+            MEMATTR_FWB_NORMAL_WB
         } else {
             MEMATTR_NORMAL_WB
         };
@@ -127,9 +140,13 @@ impl GenericPTE for ArmS2Entry {
         if self.0 & XN == 0 {
             f |= MappingFlags::EXECUTE;
         }
-        // MemAttr[3:2] = 0b00: a Device type.
+        // MemAttr[3:2] = 0b00 (also under FWB, where MemAttr[2] = 0 with
+        // [1:0] != 0b00 is a Device type; 0b0110 is Normal): Device.
         if self.0 & (0b1100 << MEMATTR_SHIFT) == 0 {
             f |= MappingFlags::DEVICE;
+        }
+        if self.0 & MEMATTR_MASK == MEMATTR_FWB_NORMAL_WB << MEMATTR_SHIFT {
+            f |= FWB;
         }
         f
     }
@@ -182,6 +199,11 @@ impl<const LEVELS: usize, const ROOT_ORDER: u32> Format for ArmS2<LEVELS, ROOT_O
     const OWNED: u64 = OWNED;
     const EMPTY: u64 = 0;
     const HW_BITS: u64 = AF;
+    // Arm ARM, "Translation table entry changes" / "Using break-before-make
+    // when updating translation table entries": a change of block size (a
+    // block replaced by a table of smaller entries) needs the old entry made
+    // invalid and its TLB entries invalidated before the new one is written.
+    const BREAK_BEFORE_MAKE: bool = true;
 
     /// Bits 47:12 hold the output address in place; `hpa` is a 4 KiB-aligned
     /// frame (`Hooks` checks; frames at or above 2^48 are refused at

@@ -71,6 +71,11 @@ pub trait Format: Sized + 'static {
         with_addr::<Self>(template, hpa)
     }
 
+    /// A valid huge leaf may be replaced by a table only through an invalid
+    /// entry and a TLB flush (Arm "break-before-make"); x86 allows the
+    /// direct replacement when the translation is unchanged.
+    const BREAK_BEFORE_MAKE: bool = false;
+
     /// Wraps raw bits.
     fn from_raw(raw: u64) -> Self::Pte;
     /// A non-present entry that remembers `raw` (present or not, never 0).

@@ -158,6 +158,9 @@ impl<'a, F: Format> Walker<'a, F> {
             if level == 0 || x.is_multiple_of(level_size(level)) {
                 return Ok(());
             }
+            if F::BREAK_BEFORE_MAKE {
+                return self.make_split(f, x, [x, x], pool);
+            }
             let Entry::Leaf { .. } = f.decode::<F>() else {
                 return Ok(());
             };
@@ -185,6 +188,143 @@ impl<'a, F: Format> Walker<'a, F> {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Break-before-make, the "break" (formats with
+    /// [`Format::BREAK_BEFORE_MAKE`]): makes invalid (parks) every huge leaf
+    /// that `start` or `end` would split, so that the caller can flush the
+    /// returned span — the hull of the broken leaves, `lo == hi` if none —
+    /// before [`Walker::split_at`] links the tables that replace them. The
+    /// caller's claim must cover the span first (no other operation may meet
+    /// the parked entries); faults there are spurious meanwhile (frozen).
+    pub fn break_edges(&self, _x: &Exclusive<'_>, start: Gpa, end: Gpa) -> Result<(usize, usize)> {
+        let (mut lo, mut hi) = (0, 0);
+        for x in [start.as_usize(), end.as_usize()] {
+            if x >= 1usize << F::GPA_BITS {
+                continue;
+            }
+            let Some(f) = self.find(Gpa::from_usize(x))? else {
+                continue;
+            };
+            let level = f.level;
+            if level == 0 || x.is_multiple_of(level_size(level)) {
+                continue;
+            }
+            let Entry::Leaf { .. } = f.decode::<F>() else {
+                continue;
+            };
+            // Swap: the parked value keeps what the hardware may have set.
+            let old = f.entry.swap(F::EMPTY, Ordering::AcqRel);
+            f.entry.store(F::park(old), Ordering::Release);
+            let base = x & !(level_size(level) - 1);
+            let top = base + level_size(level);
+            (lo, hi) = if lo == hi {
+                (base, top)
+            } else {
+                (lo.min(base), hi.max(top))
+            };
+        }
+        Ok((lo, hi))
+    }
+
+    /// Splits the huge leaves covering `start` and `end` so that both are
+    /// leaf boundaries: [`Walker::split_at`] on each edge, or, with
+    /// break-before-make, [`Walker::make_split`] of the leaves
+    /// [`Walker::break_edges`] parked (both edges at once: they may lie in
+    /// the same block).
+    pub fn split_edges(
+        &self,
+        x: &Exclusive<'_>,
+        start: Gpa,
+        end: Gpa,
+        pool: &mut TablePool,
+    ) -> Result {
+        if !F::BREAK_BEFORE_MAKE {
+            self.split_at(x, start, pool)?;
+            return self.split_at(x, end, pool);
+        }
+        let edges = [start.as_usize(), end.as_usize()];
+        for e in edges {
+            if e >= 1usize << F::GPA_BITS {
+                continue;
+            }
+            if let Some(f) = self.find(Gpa::from_usize(e))? {
+                self.make_split(f, e, edges, pool)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Break-before-make, the "make": `f` is a huge leaf that
+    /// [`Walker::break_edges`] parked and the caller flushed since. Builds
+    /// the tables replacing it — down to where every edge in `edges` inside
+    /// it is a leaf boundary — while none of them is visible, then links them
+    /// with one Release store: no valid block is ever replaced in place.
+    /// `at` is the address whose walk found `f`.
+    fn make_split(
+        &self,
+        f: super::iter::Found<'_>,
+        at: usize,
+        edges: [usize; 2],
+        pool: &mut TablePool,
+    ) -> Result {
+        if f.level == 0 || !F::is_parked(f.raw) {
+            // Not broken by us: nothing to make (an empty entry, a leaf the
+            // edges do not straddle, or a table an earlier edge made).
+            return Ok(());
+        }
+        let raw = F::unpark(f.raw);
+        let Entry::Leaf { .. } = format::decode::<F>(raw, f.level) else {
+            return Err(Error::Internal);
+        };
+        let top = pool.take().ok_or(Error::Internal)?;
+        let gbase = at & !(level_size(f.level) - 1);
+        self.build_split(top, (raw, f.level, gbase), edges, pool)?;
+        // Release: every child before the link.
+        f.entry.store(format::table::<F>(top), Ordering::Release);
+        Ok(())
+    }
+
+    /// Fills the unlinked `table` with the children of the huge leaf `leaf`
+    /// at `level` translating from `gbase`, splitting further (also
+    /// unlinked) every child an edge still straddles. At most two levels
+    /// deep (1 GiB → 2 MiB → 4 KiB).
+    fn build_split(
+        &self,
+        table: crate::addr::Hpa,
+        (leaf, level, gbase): (u64, usize, usize),
+        edges: [usize; 2],
+        pool: &mut TablePool,
+    ) -> Result {
+        let children = self.view(table, level - 1)?;
+        for (i, c) in children.iter().enumerate() {
+            c.store(F::child(leaf, level, i), Ordering::Relaxed);
+        }
+        let child_level = level - 1;
+        if child_level == 0 {
+            return Ok(());
+        }
+        for e in edges {
+            // Only edges inside this leaf's span, and not on a child boundary.
+            if e < gbase
+                || e - gbase >= level_size(level)
+                || e.is_multiple_of(level_size(child_level))
+            {
+                continue;
+            }
+            let i = (e >> (12 + 9 * child_level)) % super::ENTRIES;
+            let slot = children.get(i).ok_or(Error::Internal)?;
+            let c = slot.load(Ordering::Relaxed);
+            // The other edge may have split this child already.
+            if !matches!(format::decode::<F>(c, child_level), Entry::Leaf { .. }) {
+                continue;
+            }
+            let next = pool.take().ok_or(Error::Internal)?;
+            let cbase = e & !(level_size(child_level) - 1);
+            self.build_split(next, (c, child_level, cbase), edges, pool)?;
+            slot.store(format::table::<F>(next), Ordering::Relaxed);
         }
         Ok(())
     }

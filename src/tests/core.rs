@@ -244,3 +244,77 @@ fn maps_over_a_range_in_flight_are_busy() {
         s.map_alloc(0x30_0000, 0x1000, rw(), false).unwrap();
     });
 }
+
+/// Arm ARM, "Using break-before-make when updating translation table
+/// entries": a valid block replaced by a table (an unmap splitting a 2 MiB
+/// linear block) goes invalid and is flushed first; at that flush the block's
+/// entry is invalid; then the removal's flush: two flushes, never more. x86
+/// replaces the leaf in place: one flush.
+#[test]
+fn arm_split_breaks_before_make() {
+    for kind in [
+        FormatKind::ArmL3R1,
+        FormatKind::ArmL2R2,
+        FormatKind::X86Ept,
+        FormatKind::Sv39x4,
+    ] {
+        with_space(kind, 64, |pool, s| {
+            let (g, h) = (0x4000_0000u64, 0x8000_0000u64);
+            s.map_linear(g, h, 4 * MIB, Flags::READ).unwrap();
+            let block = with_format!(kind, F => entry::<F>(pool, s, g, 1));
+            pool.watch(block);
+            let before = pool.flush_log().len();
+            s.unmap(g + 0x10_0000, 0x1000).unwrap();
+            let log = pool.flush_log()[before..].to_vec();
+            let bbm = kind.family() == crate::format::Family::ArmS2;
+            if bbm {
+                assert_eq!(log.len(), 2, "{kind:?}: {log:x?}");
+                let (gpa, size, seen) = log[0];
+                assert!(gpa <= g && g + 2 * MIB <= gpa + size, "{kind:?}: {log:x?}");
+                assert_eq!(seen & 1, 0, "{kind:?}: block still valid at the flush");
+            } else {
+                assert_eq!(log.len(), 1, "{kind:?}: {log:x?}");
+            }
+            assert_eq!(log.last().unwrap().0, g + 0x10_0000);
+            // The rest of the block maps as before, page by page now.
+            for off in [0u64, 0xf_f000, 0x10_1000, 0x1f_f000] {
+                let (hpa, size) = s.translate(g + off).unwrap();
+                assert_eq!(
+                    (hpa.as_u64(), size),
+                    (h + off, 0x1000),
+                    "{kind:?} +{off:#x}"
+                );
+            }
+            assert_eq!(
+                s.translate(g + 0x10_0000),
+                Err(crate::error::Error::NotMapped)
+            );
+            let (hpa, size) = s.translate(g + 3 * MIB).unwrap();
+            assert_eq!((hpa.as_u64(), size), (h + 3 * MIB, 2 * MIB as usize));
+        });
+    }
+}
+
+/// Both edges of an unmap inside one 1 GiB Arm block: the block is broken
+/// once, and the tables built for both edges before the link.
+#[test]
+fn arm_split_of_both_edges_in_one_block() {
+    with_space(FormatKind::ArmL3R1, 64, |pool, s| {
+        let (g, h) = (0x4000_0000u64, 0x1_0000_0000u64);
+        s.map_linear(g, h, GIB, Flags::READ).unwrap();
+        let before = pool.flush_log().len();
+        s.unmap(g + 0x10_1000, 0x40_0000).unwrap();
+        assert_eq!(pool.flush_log().len() - before, 2);
+        for off in [0u64, 0x10_0000, 0x50_1000, 0x60_0000, GIB - 0x1000] {
+            let (hpa, _) = s.translate(g + off).unwrap();
+            assert_eq!(hpa.as_u64(), h + off, "+{off:#x}");
+        }
+        for off in [0x10_1000u64, 0x30_0000, 0x50_0000] {
+            assert_eq!(
+                s.translate(g + off),
+                Err(crate::error::Error::NotMapped),
+                "+{off:#x}"
+            );
+        }
+    });
+}

@@ -223,3 +223,60 @@ fn hw_register_values_follow_the_manuals() {
         );
     }
 }
+
+#[test]
+fn arm_s2fwb_normal_memory_is_memattr_0110() {
+    // Arm ARM, stage 2 attributes with FEAT_S2FWB (HCR_EL2.FWB = 1):
+    // MemAttr 0b0110 forces Normal write-back; Device-nGnRE stays 0b0001.
+    let fwb = format::leaf::<Arm3>(at(0x1234_5000), R | W | arm::FWB, 0, true);
+    assert_eq!((fwb >> 2) & 0xf, 0b0110);
+    assert_eq!(
+        fwb & !(0xf << 2),
+        format::leaf::<Arm3>(at(0x1234_5000), R | W, 0, true) & !(0xf << 2)
+    );
+    assert!(!format::leaf_flags::<Arm3>(fwb).contains(DEV));
+    let dev = format::leaf::<Arm3>(at(0x900_0000), R | W | DEV | arm::FWB, 0, false);
+    assert_eq!((dev >> 2) & 0xf, 0b0001);
+    // A split keeps the encoding.
+    let block = format::leaf::<Arm3>(at(0x4020_0000), R | arm::FWB, 1, false);
+    assert_eq!((Arm3::child(block, 1, 7) >> 2) & 0xf, 0b0110);
+}
+
+#[test]
+fn arm_s2fwb_reaches_every_leaf_of_the_space() {
+    use crate::flags::{Access, Flags};
+    use crate::space::{AddrSpace, Config};
+    let pool = super::pool::Pool::new(64);
+    for fwb in [false, true] {
+        let config = Config {
+            format: FormatKind::ArmL3R1,
+            gpa_bits: 40,
+            frames_zeroed: false,
+            no_huge_1g: false,
+            svpbmt: false,
+            s2fwb: fwb,
+            base: crate::addr::Gpa::from_u64(0),
+            size: 1 << 32,
+        };
+        let sp = AddrSpace::create(config, *pool.hooks()).unwrap();
+        // SAFETY: alive until destroyed below.
+        let s = unsafe { sp.as_ref() };
+        let rw = Flags::from_bits(3).unwrap();
+        s.map_alloc(0, 0x2000, rw, false).unwrap();
+        s.handle_fault(0, Access::from_bits(2).unwrap()).unwrap();
+        s.map_alloc(0x20_0000, 0x1000, rw, true).unwrap();
+        s.map_linear(0x4000_0000, 0x8000_0000, 0x20_0000, Flags::READ)
+            .unwrap();
+        let want = if fwb { 0b0110 } else { 0b1111 };
+        for g in [0u64, 0x20_0000, 0x4000_0000] {
+            let (raw, _) = s
+                .test_walker::<arm::ArmS2<3, 1>>()
+                .lookup(crate::addr::Gpa::from_u64(g))
+                .unwrap()
+                .unwrap();
+            assert_eq!((raw >> 2) & 0xf, want, "fwb {fwb} gpa {g:#x}");
+        }
+        pool.destroy(sp);
+    }
+    assert_eq!(pool.in_use(), 0);
+}

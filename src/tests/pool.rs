@@ -27,6 +27,10 @@ struct State {
     budget: Option<usize>,
     flushes: usize,
     last_flush: (u64, u64),
+    /// Every flush: (gpa, size, the watched entry's value at that moment).
+    flush_log: Vec<(u64, u64, u64)>,
+    /// Address of a table entry to read at each flush (0: none).
+    watch: usize,
 }
 
 pub struct Pool {
@@ -168,6 +172,15 @@ unsafe extern "C" fn flush(ctx: *mut c_void, gpa: u64, size: u64) {
     let mut st = pool.state.lock().unwrap();
     st.flushes += 1;
     st.last_flush = (gpa, size);
+    let seen = if st.watch == 0 {
+        0
+    } else {
+        // SAFETY: the test set `watch` to an entry of a live table of the
+        // pool (it stays allocated: the pool frees nothing to the system).
+        unsafe { &*(st.watch as *const core::sync::atomic::AtomicU64) }
+            .load(core::sync::atomic::Ordering::Relaxed)
+    };
+    st.flush_log.push((gpa, size, seen));
 }
 
 impl Pool {
@@ -190,6 +203,8 @@ impl Pool {
                 budget: None,
                 flushes: 0,
                 last_flush: (0, 0),
+                flush_log: Vec::new(),
+                watch: 0,
             }),
             // Replaced below once the pool has its final address.
             hooks: dummy_hooks(),
@@ -243,6 +258,16 @@ impl Pool {
         unsafe { p2v(self as *const Pool as *mut c_void, hpa) }.cast()
     }
 
+    /// Every flush since creation: (gpa, size, watched entry value).
+    pub fn flush_log(&self) -> Vec<(u64, u64, u64)> {
+        self.state.lock().unwrap().flush_log.clone()
+    }
+
+    /// Reads `entry` at every flush from now on.
+    pub fn watch(&self, entry: &core::sync::atomic::AtomicU64) {
+        self.state.lock().unwrap().watch = entry as *const _ as usize;
+    }
+
     pub fn fail_after(&self, n: usize) {
         self.state.lock().unwrap().budget = Some(n);
     }
@@ -258,6 +283,7 @@ impl Pool {
             frames_zeroed: false,
             no_huge_1g: false,
             svpbmt: false,
+            s2fwb: false,
             base: Gpa::from_u64(0),
             size: size as usize,
         };
