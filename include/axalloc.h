@@ -1017,9 +1017,14 @@ axalloc_status_t axalloc_discard(axalloc_as_t *as, uint64_t gpa, uint64_t size);
  *   translations for the faulting address (Intel SDM vol. 3C "Invalidation
  *   of TLBs and paging-structure caches" on EPT violations; AMD APM vol. 2
  *   on #NPF), and x86 never caches not-present entries.
- * - Arm stage 2: nothing either for a translation fault (invalid entries are
- *   not cached by the TLB; the store that linked the page is ordered by the
- *   library's Release). Hosts that batch faults across vCPUs need no TLBI.
+ * - Arm stage 2: no TLB invalidation — the architecture does not let a TLB
+ *   hold an entry that causes a translation fault (Arm ARM, VMSAv8-64
+ *   "TLB maintenance requirements": invalid entries are never cached) — but
+ *   a `DSB ISHST` before the exception return, so that the translation
+ *   table walk the retried access starts observes the new entry: the
+ *   library's store is a Release store, which orders it for other CPUs'
+ *   loads, not for the table walker. (KVM does the same after installing a
+ *   stage-2 PTE.) Hosts that batch faults may issue one DSB per batch.
  * - RISC-V: without Svvptc a hart may use a cached invalid G-stage entry:
  *   execute a local `HFENCE.GVMA` for that guest-physical address (`rs1 =
  *   gpa >> 2`, `rs2` = the VMID) on the faulting hart before `sret`, or
