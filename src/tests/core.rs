@@ -131,7 +131,7 @@ fn split_keeps_accessed_dirty_npt() {
 
 #[test]
 fn fault_on_present_page_checks_leaf_rights() {
-    for kind in FormatKind::ALL {
+    for &kind in super::shapes() {
         with_space(kind, 64, |pool, s| {
             s.map_alloc(0x20_0000, 0x1000, rw(), false).unwrap();
             let write = Access::from_bits(2).unwrap();
@@ -186,7 +186,7 @@ fn fault_meeting_a_frozen_entry_is_spurious() {
 
 #[test]
 fn fill_holes_across_parked_table() {
-    for kind in FormatKind::ALL {
+    for &kind in super::shapes() {
         with_space(kind, 64, |_, s| {
             for base in [0x20_0000u64, GIB] {
                 s.map_alloc(base - 0x1000, 0x1000, rw(), false).unwrap();
@@ -251,6 +251,10 @@ fn maps_over_a_range_in_flight_are_busy() {
 /// entry is invalid; then the removal's flush: two flushes, never more. x86
 /// replaces the leaf in place: one flush.
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "multi-page roots: ~1 min each under Miri (see tests::shapes)"
+)]
 fn arm_split_breaks_before_make() {
     for kind in [
         FormatKind::ArmL3R1,
@@ -298,6 +302,10 @@ fn arm_split_breaks_before_make() {
 /// Both edges of an unmap inside one 1 GiB Arm block: the block is broken
 /// once, and the tables built for both edges before the link.
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "multi-page roots: ~1 min each under Miri (see tests::shapes)"
+)]
 fn arm_split_of_both_edges_in_one_block() {
     with_space(FormatKind::ArmL3R1, 64, |pool, s| {
         let (g, h) = (0x4000_0000u64, 0x1_0000_0000u64);

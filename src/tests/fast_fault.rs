@@ -192,7 +192,7 @@ fn region_hint_never_outlives_its_chunk() {
 /// encoder builds, owned bit included, for every flags value and format.
 #[test]
 fn leaf_templates_match_the_encoder() {
-    for kind in FormatKind::ALL {
+    for &kind in super::shapes() {
         with_format!(kind, F => {
             for bits in 0..=Flags::ALL.bits() {
                 let flags = Flags::from_bits(bits).unwrap();
@@ -210,7 +210,7 @@ fn leaf_templates_match_the_encoder() {
 /// is missing (general), for every access-bearing flags value.
 #[test]
 fn fast_and_general_faults_install_the_same_leaf() {
-    for kind in FormatKind::ALL {
+    for &kind in super::shapes() {
         with_space(kind, 256, |_pool, s| {
             let mut checked = 0;
             for bits in 1..=Flags::ALL.bits() {
