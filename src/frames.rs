@@ -17,14 +17,17 @@ use crate::reserve::Reserve;
 use crate::stats::Counters;
 use crate::zero;
 
-/// A zeroed guest frame for the lean fault path (`backend/fast_fault.rs`):
-/// from the zeroed reserve when it has one (no zeroing, no hook call), else
+/// A zeroed guest frame for a fault (the lean path in `backend/fast_fault.rs`
+/// and, through [`Frames::alloc_guest`], the general one): from the zeroed
+/// reserve when there is one and it has a frame (no zeroing, no hook call), else
 /// from `alloc_frame`, zeroed with ordinary stores (cache-warm for the guest's
 /// first touch) unless the host promised zeroed frames. Not counted: the
 /// fault count stands for it in `guest_frames` once it is installed.
 #[inline(always)]
-pub fn fault_frame(hooks: &Hooks, reserve: &Reserve, frames_zeroed: bool) -> Result<Hpa> {
-    if let Some(hpa) = reserve.pop(hooks)? {
+pub fn fault_frame(hooks: &Hooks, reserve: Option<&Reserve>, frames_zeroed: bool) -> Result<Hpa> {
+    if let Some(r) = reserve
+        && let Some(hpa) = r.pop(hooks)?
+    {
         return Ok(hpa);
     }
     let hpa = hooks.alloc_frame()?;
@@ -189,16 +192,7 @@ impl<'a> Frames<'a> {
     /// A frame from the zeroed reserve comes first: no zeroing, no hook call.
     #[inline]
     pub fn alloc_guest(&self) -> Result<Hpa> {
-        if let Some(r) = self.reserve
-            && let Some(hpa) = r.pop(self.hooks)?
-        {
-            self.guests.set(self.guests.get() + 1);
-            return Ok(hpa);
-        }
-        let hpa = self.alloc_filled(self.frames_zeroed, |p| {
-            // SAFETY: a fresh frame of ours that nothing maps yet.
-            unsafe { zero::zero_frame(p) }
-        })?;
+        let hpa = fault_frame(self.hooks, self.reserve, self.frames_zeroed)?;
         self.guests.set(self.guests.get() + 1);
         Ok(hpa)
     }

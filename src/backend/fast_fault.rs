@@ -107,7 +107,7 @@ impl FastFault<'_> {
         if seen != F::EMPTY {
             return Fast::Slow;
         }
-        let hpa = match frames::fault_frame(self.hooks, self.reserve, self.frames_zeroed) {
+        let hpa = match frames::fault_frame(self.hooks, Some(self.reserve), self.frames_zeroed) {
             Ok(hpa) => hpa,
             Err(e) => return Fast::Failed(e),
         };
