@@ -7,6 +7,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use page_table_multiarch::{GenericPTE, MappingFlags};
 
 use super::pool::Pool;
+use super::with_space;
 use crate::addr::Hpa;
 use crate::flags::{Access, Flags};
 use crate::format::{self, Entry, Format, FormatKind, ept, ept::Ept, npt, npt::Npt, with_format};
@@ -17,15 +18,6 @@ const GIB: u64 = 1 << 30;
 
 fn rw() -> Flags {
     Flags::from_bits(3).unwrap()
-}
-
-fn with_space(format: FormatKind, frames: usize, f: impl FnOnce(&Pool, &AddrSpace)) {
-    let pool = Pool::new(frames);
-    let space = pool.space(format, 1 << format.max_gpa_bits().min(40));
-    // SAFETY: alive until `pool.destroy(space)` below.
-    f(&pool, unsafe { space.as_ref() });
-    pool.destroy(space);
-    assert_eq!(pool.in_use(), 0, "frames leaked");
 }
 
 /// The raw entry on the walk to `gpa` at `level` (3 = root).

@@ -6,6 +6,7 @@
 use core::sync::atomic::Ordering;
 
 use super::pool::Pool;
+use super::with_space;
 use crate::addr::{Gpa, Hpa};
 use crate::error::Error;
 use crate::flags::{Access, Flags};
@@ -20,15 +21,6 @@ fn rw() -> Flags {
 
 fn write() -> Access {
     Access::from_bits(2).unwrap()
-}
-
-fn with_space(format: FormatKind, frames: usize, f: impl FnOnce(&Pool, &AddrSpace)) {
-    let pool = Pool::new(frames);
-    let space = pool.space(format, 1 << format.max_gpa_bits().min(40));
-    // SAFETY: alive until `pool.destroy(space)` below.
-    f(&pool, unsafe { space.as_ref() });
-    pool.destroy(space);
-    assert_eq!(pool.in_use(), 0, "frames leaked");
 }
 
 /// The leaf table (level 0) on the walk to `gpa`.

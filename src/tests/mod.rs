@@ -22,6 +22,21 @@ mod core;
 mod fast_fault;
 mod formats;
 mod model;
+/// Runs `f` on a fresh space of `format` (window up to 2^40) over a pool of
+/// `frames`, then destroys it and checks every frame came back.
+pub(crate) fn with_space(
+    format: crate::format::FormatKind,
+    frames: usize,
+    f: impl FnOnce(&pool::Pool, &crate::space::AddrSpace),
+) {
+    let pool = pool::Pool::new(frames);
+    let space = pool.space(format, 1 << format.max_gpa_bits().min(40));
+    // SAFETY: alive until `pool.destroy(space)` below.
+    f(&pool, unsafe { space.as_ref() });
+    pool.destroy(space);
+    assert_eq!(pool.in_use(), 0, "frames leaked");
+}
+
 pub(crate) mod pool;
 
 use page_table_multiarch::{GenericPTE, MappingFlags};
