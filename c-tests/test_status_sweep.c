@@ -60,6 +60,9 @@ static const status_list_t lists[] = {
     {"axalloc_discard",
      {AXALLOC_OK, AXALLOC_ERR_INVALID, AXALLOC_ERR_NOT_MAPPED, AXALLOC_ERR_BUSY, AXALLOC_ERR_HOOK,
       AXALLOC_ERR_INTERNAL, END}},
+    {"axalloc_protect",
+     {AXALLOC_OK, AXALLOC_ERR_INVALID, AXALLOC_ERR_NOT_MAPPED, AXALLOC_ERR_BUSY, AXALLOC_ERR_NO_MEMORY,
+      AXALLOC_ERR_HOOK, AXALLOC_ERR_INTERNAL, END}},
     {"axalloc_query", {AXALLOC_OK, AXALLOC_ERR_INVALID, AXALLOC_ERR_HOOK, AXALLOC_ERR_INTERNAL, END}},
     {"axalloc_region_next",
      {AXALLOC_OK, AXALLOC_ERR_INVALID, AXALLOC_ERR_NOT_MAPPED, AXALLOC_ERR_HOOK, AXALLOC_ERR_INTERNAL, END}},
@@ -367,6 +370,28 @@ static void sweep_prefault_discard(void) {
   CHECK(calls > 500);
 }
 
+static void sweep_protect(void) {
+  static const uint32_t flags[] = {0, AXALLOC_READ, AXALLOC_READ | AXALLOC_WRITE, AXALLOC_READ | AXALLOC_EXEC,
+                                   AXALLOC_READ | AXALLOC_WRITE | AXALLOC_EXEC, AXALLOC_WRITE, AXALLOC_EXEC,
+                                   AXALLOC_DEVICE | AXALLOC_READ, 1u << 4, 1u << 31};
+  FOR_EACH_FORMAT(fmt) {
+    th_fx_t f = fixture(fmt);
+    EXPECT_LISTED(axalloc_protect, axalloc_protect(NULL, 2 * GIB, PAGE, AXALLOC_READ), "NULL as");
+    for (size_t g = 0; g < N_ARR(gpas); g++)
+      for (size_t z = 0; z < N_ARR(sizes); z++)
+        for (size_t k = 0; k < N_ARR(flags); k++) {
+          const uint64_t gpa = gpas[g], size = sizes[z];
+          EXPECT_LISTED(axalloc_protect, axalloc_protect(f.as, gpa, size, flags[k]), "%#llx, %#llx, %#x",
+                        (unsigned long long)gpa, (unsigned long long)size, flags[k]);
+        }
+    th_fail_after(f.pool, 0);
+    EXPECT_LISTED(axalloc_protect, axalloc_protect(f.as, 2 * GIB, 2 * MIB, AXALLOC_READ), "no memory");
+    th_fail_never(f.pool);
+    CHECK(fx_done(&f) == 0);
+  }
+  CHECK(calls > 500);
+}
+
 /* `test_status_sweep lists`: the lists, one function a line, for
  * status_docs.cmake. */
 static int print_lists(void) {
@@ -382,7 +407,7 @@ int check_failures;
 int main(int argc, char **argv) {
   static const test_case_t tests[] = {T(sweep_create),      T(sweep_stats_reserve), T(sweep_map_unmap),
                                       T(sweep_fault_translate_query), T(sweep_read_write),
-                                      T(sweep_prefault_discard), {NULL, NULL}};
+                                      T(sweep_prefault_discard), T(sweep_protect), {NULL, NULL}};
   if (argc == 2 && strcmp(argv[1], "lists") == 0) return print_lists();
   return run_tests(tests, argc, argv);
 }

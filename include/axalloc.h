@@ -982,6 +982,59 @@ axalloc_status_t axalloc_prefault(axalloc_as_t *as, uint64_t gpa, uint64_t size)
 axalloc_status_t axalloc_discard(axalloc_as_t *as, uint64_t gpa, uint64_t size);
 
 /**
+ * Changes the guest's rights on `[gpa, gpa + size)` to `flags`: a subset of
+ * `AXALLOC_READ | AXALLOC_WRITE | AXALLOC_EXEC` that includes READ, or 0 —
+ * no access at all: the contents are kept, every guest access faults and
+ * `axalloc_handle_fault` answers `AXALLOC_ERR_ACCESS`; the hypervisor's
+ * `axalloc_read` / `axalloc_write` / `axalloc_translate` still reach the
+ * page. (Write-protect for introspection or copy-on-write snapshots,
+ * read-only firmware, Xen's p2m access types.) Regions of both backends may
+ * lie in the range; it must have no gap.
+ *
+ * Rights live in the table entries, as in KVM's SPTEs: present pages get
+ * the new rights (accessed/dirty kept); pages never touched get them when
+ * they fault in later (a lazy entry — its leaf table is linked now, if
+ * missing, when the rights differ from the region's); a huge leaf partly
+ * covered is split (Arm: break-before-make). A region keeps the rights it
+ * was mapped with — what `axalloc_query` reports — for pages no protect
+ * changed; protect never splits or adds regions, so `stats.regions`
+ * counts map calls' regions (split only by unmap), and any number of
+ * protects needs table frames only. `axalloc_discard` keeps a page's
+ * rights; `axalloc_unmap` forgets them.
+ *
+ * If any right was taken from a present page, `flush_tlb` runs once over
+ * the changed pages before the call returns (Arm: plus one before a split,
+ * at most two). Rights only added need no flush: a stale, more restrictive
+ * translation faults, and `axalloc_handle_fault` answers `AXALLOC_OK`
+ * (spurious) because the entry now allows the access.
+ *
+ * Returns:
+ * - `AXALLOC_OK`.
+ * - `AXALLOC_ERR_INVALID`: NULL `as`; unaligned, empty, overflowing, or
+ *   outside the window; `flags` with WRITE or EXEC but not READ, DEVICE,
+ *   or an unknown bit (nothing changed).
+ * - `AXALLOC_ERR_NOT_MAPPED`: a part of the range has no region (nothing
+ *   changed).
+ * - `AXALLOC_ERR_BUSY`: a map, unmap, discard, prefault, protect or
+ *   hypervisor write in flight overlaps the range (retry; nothing changed).
+ * - `AXALLOC_ERR_NO_MEMORY`: a table for a split or for lazy entries could
+ *   not be had (nothing changed).
+ * - `AXALLOC_ERR_HOOK`: a hook broke its contract (nothing changed).
+ * - `AXALLOC_ERR_INTERNAL`: a broken invariant (a bug).
+ *
+ * Thread-safe; concurrent with faults, translates and hypervisor reads on
+ * the range. Locks: the exclusive side briefly (claim the range and count
+ * the tables; split the edges), the shared side while entries change
+ * (compare-exchange, beside faults). `alloc_frame` runs with no lock held;
+ * `flush_tlb` and `free_frame` (unused tables) after every lock is
+ * released. Calls `phys_to_virt` and `relax` under the lock.
+ *
+ * # Safety
+ * `as` is NULL or a live handle.
+ */
+axalloc_status_t axalloc_protect(axalloc_as_t *as, uint64_t gpa, uint64_t size, uint32_t flags);
+
+/**
  * Resolves a stage-2 fault at `gpa` (any byte of the page) for `access`, a
  * non-empty subset of `AXALLOC_READ | AXALLOC_WRITE | AXALLOC_EXEC` — the
  * EPT exit qualification's `qual & 7`, or derived from NPT's EXITINFO1 as
@@ -991,9 +1044,10 @@ axalloc_status_t axalloc_discard(axalloc_as_t *as, uint64_t gpa, uint64_t size);
  * - `AXALLOC_ERR_INVALID`: NULL `as`; `access` 0 or with a bit outside
  *   READ|WRITE|EXEC (DEVICE and config flags included).
  * - `AXALLOC_ERR_NOT_MAPPED`: no region covers `gpa` (the MMIO path).
- * - `AXALLOC_ERR_ACCESS`: the region does not allow `access`, even if the
- *   page is present; or the page is present but its entry does not allow
- *   `access` (answering OK would make the guest fault forever).
+ * - `AXALLOC_ERR_ACCESS`: the page's rights do not allow `access` — the
+ *   entry's when present, sealed (`axalloc_protect` with 0) or lazy with
+ *   rights a protect set, else the region's (answering OK would make the
+ *   guest fault forever).
  * - `AXALLOC_OK`: the page is present and allows `access` (spurious:
  *   another vCPU won, or a stale TLB entry; nothing allocated); or another
  *   operation is changing the entry right now (map commit, unmap reclaim:

@@ -32,6 +32,8 @@ pub enum Purpose {
     Unmap,
     /// A hypervisor write populating the holes of lazy regions.
     Fill,
+    /// A protect changing the rights in the entries.
+    Protect,
 }
 
 #[derive(Clone, Copy, Debug)]

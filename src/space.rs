@@ -32,6 +32,8 @@ use crate::reserve::Reserve;
 use crate::stats::{Counters, Stats};
 use crate::sync::{Exclusive, ReadGuard, Relax, RwLock, WriteGuard};
 use crate::table::map::{LeafSource, Prepared};
+use crate::table::protect::{Part, Protected};
+use crate::table::stock::TableStock;
 use crate::table::unmap::DetachCtx;
 use crate::table::{TablePool, Walker, read};
 
@@ -196,6 +198,8 @@ struct Unmapping<'s> {
     space: &'s AddrSpace,
     guard: Option<WriteGuard<'s, Maps>>,
     claim: Claim,
+    /// A discard: the regions stay, and so do rights that differ from them.
+    discard: bool,
 }
 
 impl DetachCtx for Unmapping<'_> {
@@ -227,6 +231,14 @@ impl DetachCtx for Unmapping<'_> {
             self.guard = None;
             self.guard = Some(self.space.lock_exclusive());
         }
+    }
+
+    fn keep_rights(&self, gpa: usize) -> Option<u32> {
+        if !self.discard {
+            return None;
+        }
+        let r = self.guard.as_ref()?.regions.find(Gpa::from_usize(gpa))?;
+        Some(r.flags.bits() & Flags::RWX.bits())
     }
 }
 
@@ -564,41 +576,18 @@ impl AddrSpace {
                 return Err(e);
             }
         };
-        // Arm break-before-make: the blocks the edges split go invalid and
-        // are flushed (with no lock held, as every flush) before the tables
-        // replacing them are linked; the claim covers them meanwhile, so no
-        // other operation meets the parked entries. A second flush at most:
-        // the removal's, below.
+        // Arm break-before-make (a second flush at most: the removal's,
+        // below).
         let mut claim = claim;
-        if F::BREAK_BEFORE_MAKE && !pool.is_empty() {
-            let x = m.token();
-            let broke = w.break_edges(&x, start, end).and_then(|(lo, hi)| {
-                if lo < hi {
-                    m.claims
-                        .widen(&mut claim, Gpa::from_usize(lo), Gpa::from_usize(hi))?;
-                }
-                Ok((lo, hi))
-            });
-            match broke {
-                Ok((lo, hi)) if lo < hi => {
-                    drop(m);
-                    let (base, wend) = (self.config.base.as_usize(), self.config.end());
-                    let (lo, hi) = (lo.max(base), hi.min(wend));
-                    if lo < hi {
-                        self.hooks.flush(lo as u64, (hi - lo) as u64);
-                    }
-                    m = self.lock_exclusive();
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    m.claims.release(claim);
-                    m.regions.shrink(&mut spare);
-                    drop(m);
-                    w.release_pool(&mut pool);
-                    spare.free(&self.hooks);
-                    return Err(e);
-                }
-            }
+        let broke;
+        (m, broke) = self.break_edges::<F>(&w, m, &mut claim, (start, end), !pool.is_empty());
+        if let Err(e) = broke {
+            m.claims.release(claim);
+            m.regions.shrink(&mut spare);
+            drop(m);
+            w.release_pool(&mut pool);
+            spare.free(&self.hooks);
+            return Err(e);
         }
         // Commit: cannot fail short of a broken invariant.
         let x = m.token();
@@ -609,6 +598,7 @@ impl AddrSpace {
             space: self,
             guard: Some(m),
             claim,
+            discard: false,
         };
         let detached = split.and_then(|()| w.detach(&mut ctx, start, end));
         let Unmapping { guard, claim, .. } = ctx;
@@ -622,6 +612,148 @@ impl AddrSpace {
         drop(m);
         spare.free(&self.hooks);
         result
+    }
+
+    /// Arm break-before-make before an edge split (formats with
+    /// `BREAK_BEFORE_MAKE`, when `splits` — tables were reserved for one):
+    /// the blocks the edges of `[start, end)` split go invalid, `claim` is
+    /// widened over them (no other operation may meet the parked entries),
+    /// and they are flushed with no lock held — `m` is released and retaken —
+    /// before the caller's `split_edges` links the tables replacing them.
+    /// Faults there are spurious meanwhile (frozen). On error the caller
+    /// cleans up, under the returned guard.
+    fn break_edges<'s, F: Format>(
+        &'s self,
+        w: &Walker<'_, F>,
+        mut m: WriteGuard<'s, Maps>,
+        claim: &mut Claim,
+        (start, end): (Gpa, Gpa),
+        splits: bool,
+    ) -> (WriteGuard<'s, Maps>, Result) {
+        if !F::BREAK_BEFORE_MAKE || !splits {
+            return (m, Ok(()));
+        }
+        let x = m.token();
+        let broke = w.break_edges(&x, start, end).and_then(|(lo, hi)| {
+            if lo < hi {
+                m.claims
+                    .widen(claim, Gpa::from_usize(lo), Gpa::from_usize(hi))?;
+            }
+            Ok((lo, hi))
+        });
+        match broke {
+            Ok((lo, hi)) if lo < hi => {
+                drop(m);
+                let (base, wend) = (self.config.base.as_usize(), self.config.end());
+                let (lo, hi) = (lo.max(base), hi.min(wend));
+                if lo < hi {
+                    self.hooks.flush(lo as u64, (hi - lo) as u64);
+                }
+                (self.lock_exclusive(), Ok(()))
+            }
+            Ok(_) => (m, Ok(())),
+            Err(e) => (m, Err(e)),
+        }
+    }
+
+    /// Changes the guest's rights on `[gpa, gpa + size)`, which regions must
+    /// cover without a gap, to `rights` (`Flags` READ | WRITE | EXEC with
+    /// READ, or 0: no access, contents kept). Rights live in the entries
+    /// (`table/protect.rs`); regions keep the rights they were mapped with,
+    /// for pages protect never touched. Steps: claim and count the tables
+    /// needed (exclusive, briefly); obtain them (no lock); split the edges
+    /// (exclusive; Arm: break, flush, make); change the entries (shared —
+    /// faults go on); one flush if a present page lost a right; give back
+    /// what was not used (no lock).
+    pub fn protect(&self, gpa: u64, size: u64, rights: u32) -> Result {
+        let (start, end) = self.config.range(gpa, size)?;
+        let valid = rights == 0 || (rights & Flags::READ.bits() != 0);
+        if rights & !Flags::RWX.bits() != 0 || !valid {
+            return Err(Error::Invalid);
+        }
+        with_format!(self.config.format, F => self.protect_in::<F>(start, end, rights))
+    }
+
+    fn protect_in<F: Format>(&self, start: Gpa, end: Gpa, rights: u32) -> Result {
+        let w = self.walker::<F>();
+        let part = |r: Region| {
+            let c = r.clipped(start, end);
+            Part {
+                start: c.start.as_usize(),
+                end: c.end.as_usize(),
+                alloc: r.backend == Backend::Alloc,
+                default: r.flags.bits() & Flags::RWX.bits(),
+                new: rights,
+            }
+        };
+        // 1. Check, count, claim.
+        let (mut claim, splits, tables) = {
+            let mut m = self.lock_exclusive();
+            if m.claims.overlaps(start.as_usize(), end.as_usize(), None) {
+                return Err(Error::Busy);
+            }
+            Self::check_covered(&m.regions, start, end)?;
+            let splits = w.split_tables_needed(start, end)?;
+            let mut tables = 0;
+            m.regions.for_each_in(start, end, |r| {
+                tables += w.protect_tables_needed(&part(r))?;
+                Ok(())
+            })?;
+            let claim = m.claims.claim(start, end, Purpose::Protect)?;
+            (claim, splits, tables)
+        };
+        // 2. Every table, with no lock held, or nothing changes.
+        let mut pool = TablePool::new();
+        let mut stock = TableStock::new();
+        let got = w
+            .reserve_tables(splits, &mut pool)
+            .and_then(|()| stock.fill(&w, tables));
+        let result = got.and_then(|()| {
+            // 3. The edges: huge leaves they straddle become tables.
+            if splits > 0 {
+                let mut m = self.lock_exclusive();
+                let broke;
+                (m, broke) = self.break_edges::<F>(&w, m, &mut claim, (start, end), true);
+                broke?;
+                w.split_edges(&m.token(), start, end, &mut pool)?;
+            }
+            // 4. The entries, beside faults.
+            let m = self.lock_shared();
+            let mut out = Protected::default();
+            m.regions.for_each_in(start, end, |r| {
+                w.protect(m.token(), &part(r), &mut stock, &mut out)
+            })?;
+            drop(m);
+            // 5. One flush if a right was taken away.
+            let (lo, hi) = (
+                out.lo.max(self.config.base.as_usize()),
+                out.hi.min(self.config.end()),
+            );
+            if lo < hi {
+                self.hooks.flush(lo as u64, (hi - lo) as u64);
+            }
+            Ok(())
+        });
+        w.release_pool(&mut pool);
+        stock.release(&w);
+        self.lock_exclusive().claims.release(claim);
+        result
+    }
+
+    /// Checks that regions cover `[start, end)` without a gap (`NotMapped`).
+    fn check_covered(regions: &RegionSet, start: Gpa, end: Gpa) -> Result {
+        let mut next = start;
+        regions.for_each_in(start, end, |r| {
+            if r.start > next {
+                return Err(Error::NotMapped);
+            }
+            next = r.end;
+            Ok(())
+        })?;
+        if next < end {
+            return Err(Error::NotMapped);
+        }
+        Ok(())
     }
 
     /// Resolves a stage-2 fault at `gpa` for `access`.
@@ -700,7 +832,6 @@ impl AddrSpace {
             // A range being mapped: the guest re-faults until commit.
             None if m.claims.mapping(gpa.as_usize()) => Ok(()),
             None => Err(Error::NotMapped),
-            Some(r) if !access.allowed_by(r.flags) => Err(Error::Access),
             Some(r) => {
                 let page = Gpa::from_usize(gpa.as_usize() & !(FRAME_SIZE - 1));
                 let done = alloc::fault_in::<F>(
@@ -708,8 +839,8 @@ impl AddrSpace {
                     m.token(),
                     page,
                     r,
-                    self.leaf_template(r.flags),
-                    access.to_mapping(),
+                    |flags| self.leaf_template(flags),
+                    access,
                     &mut leftover,
                 );
                 if let Ok(alloc::Faulted::Installed) = done {
@@ -776,7 +907,7 @@ impl AddrSpace {
             return Ok(None);
         };
         match format::decode::<F>(raw, level) {
-            Entry::Leaf { hpa, .. } => {
+            Entry::Leaf { hpa, .. } | Entry::Sealed { hpa, .. } => {
                 let size = level_size(level);
                 Ok(Some((
                     Hpa::from_usize(hpa.as_usize() + (gpa.as_usize() & (size - 1))),
@@ -979,6 +1110,7 @@ impl AddrSpace {
                 space: self,
                 guard: Some(m),
                 claim,
+                discard: true,
             };
             let detached = w.detach(&mut ctx, start, end);
             let Unmapping { guard, claim, .. } = ctx;

@@ -13,6 +13,7 @@ use page_table_multiarch::MappingFlags;
 
 use crate::addr::{Gpa, Hpa};
 use crate::error::{Error, Result};
+use crate::flags::{Access, Flags};
 use crate::format::{self, Format};
 use crate::frames::Frames;
 use crate::region::{Backend, Region, RegionSet};
@@ -141,15 +142,21 @@ impl Default for Leftover {
     }
 }
 
-/// Resolves a fault at `gpa` (page-aligned) in `region`, an alloc region
-/// that allows `access`; `template` is the region's owned 4 KiB leaf with
-/// address 0. Runs under the shared lock, concurrently with other faults, as
-/// a short pipeline (KVM's TDP MMU): look; obtain every table and the frame
-/// it may need — or fail having changed nothing; install with
-/// compare-exchange. A present page is never replaced: if its own rights
-/// allow `access` the fault is spurious, else it is `Access` (the leaf, not
-/// the region, is what the hardware checked — answering OK would loop the
-/// guest forever). What a lost race leaves goes to `leftover`.
+/// Resolves a fault at `gpa` (page-aligned) in `region` for `access`;
+/// `template(flags)` is the owned 4 KiB leaf with address 0 for region flags
+/// `flags`. Runs under the shared lock, concurrently with other faults, as a
+/// short pipeline (KVM's TDP MMU): look; obtain every table and the frame it
+/// may need — or fail having changed nothing; install with compare-exchange.
+///
+/// Rights live in the entries: a present page is never replaced — if its
+/// own rights allow `access` the fault is spurious (a stale translation from
+/// before a protect added the right), else it is `Access` (the leaf, not the
+/// region, is what the hardware checked — answering OK would loop the guest
+/// forever); a sealed page (no access) is `Access`; a lazy entry's rights,
+/// not the region's, decide and go into the new leaf; only an empty entry
+/// takes its region's rights. Linear regions are mapped whole at map time:
+/// an entry that is not present there is a stale view. What a lost race
+/// leaves goes to `leftover`.
 ///
 /// This is the general path; the common case — every table present, the
 /// 4 KiB entry empty — was tried first by `fast_fault.rs`.
@@ -158,29 +165,40 @@ pub fn fault_in<F: Format>(
     _locked: Shared<'_>,
     gpa: Gpa,
     region: &Region,
-    template: u64,
-    access: MappingFlags,
+    template: impl Fn(Flags) -> u64,
+    access: Access,
     leftover: &mut Leftover,
 ) -> Result<Faulted> {
-    if region.backend != Backend::Alloc {
-        // Linear regions are mapped whole at map time: a stale TLB.
-        return Ok(Faulted::Spurious);
-    }
-    let slot = match walker.probe(gpa)? {
-        Probe::Present(raw) if format::leaf_allows::<F>(raw, access) => {
+    let probe = walker.probe(gpa)?;
+    let slot = match probe {
+        Probe::Present(raw) if format::leaf_allows::<F>(raw, access.to_mapping()) => {
             return Ok(Faulted::Spurious);
         }
-        Probe::Present(_) => return Err(Error::Access),
+        Probe::Present(_) | Probe::Sealed => return Err(Error::Access),
         Probe::Frozen => return Ok(Faulted::Spurious),
+        _ if region.backend != Backend::Alloc => return Ok(Faulted::Spurious),
+        Probe::Lazy(slot, seen) => Some((slot, seen)),
         Probe::Slot(slot, seen) => Some((slot, seen)),
-        Probe::Missing(n) => {
-            walker.reserve_tables(n, &mut leftover.pool)?;
-            None
-        }
+        Probe::Missing(_) => None,
     };
+    // The rights the new page gets: the lazy entry's, else the region's
+    // (with the region's memory type either way).
+    let flags = match slot {
+        Some((_, seen)) if F::is_lazy(seen) => {
+            Flags::from_bits(F::lazy_rights(seen) | (region.flags.bits() & Flags::DEVICE.bits()))
+                .ok_or(Error::Internal)?
+        }
+        _ => region.flags,
+    };
+    if !access.allowed_by(flags) {
+        return Err(Error::Access);
+    }
+    if let Probe::Missing(n) = probe {
+        walker.reserve_tables(n, &mut leftover.pool)?;
+    }
     let frames = walker.frames();
     let hpa = frames.alloc_guest()?;
-    let leaf = F::leaf_at(template, hpa);
+    let leaf = F::leaf_at(template(flags), hpa);
     let installed = match slot {
         // The common case: the leaf table exists, one compare-exchange
         // (Release: the frame's zeroing before the entry).

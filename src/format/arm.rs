@@ -199,6 +199,12 @@ impl<const LEVELS: usize, const ROOT_ORDER: u32> Format for ArmS2<LEVELS, ROOT_O
     const OWNED: u64 = OWNED;
     const EMPTY: u64 = 0;
     const HW_BITS: u64 = AF;
+    const PARK_TAG: u64 = PARKED;
+    const RIGHTS: u64 = S2AP_R | S2AP_W | XN;
+    // Arm ARM D8.3 (invalid descriptors): bits 63:1 are ignored when bit 0
+    // is 0; 61:60 are never set in our descriptors.
+    const LAZY: u64 = 1 << 60;
+    const SEALED: u64 = 1 << 61;
     // Arm ARM, "Translation table entry changes" / "Using break-before-make
     // when updating translation table entries": a change of block size (a
     // block replaced by a table of smaller entries) needs the old entry made

@@ -172,6 +172,13 @@ impl<const LEVELS: usize> Format for EptN<LEVELS> {
     const OWNED: u64 = OWNED;
     const EMPTY: u64 = SUPPRESS_VE;
     const HW_BITS: u64 = ACCESSED | DIRTY;
+    const PARK_TAG: u64 = PARKED;
+    const RIGHTS: u64 = RWX;
+    // SDM vol. 3C, 29.3.2: bits 62:3 of an entry with bits 2:0 clear are
+    // ignored; 61 and 60 are used by nothing else here (the parked stash is
+    // 55:53, the parked tag 62, the owned marker 52).
+    const LAZY: u64 = 1 << 61;
+    const SEALED: u64 = 1 << 60;
 
     /// Bits 51:12 hold the frame address in place (SDM / APM tables cited
     /// above); `hpa` is a 4 KiB-aligned frame below 2^52 (`Hooks` checks).

@@ -84,6 +84,87 @@ pub trait Format: Sized + 'static {
     fn is_parked(raw: u64) -> bool;
     /// The entry `park` was given.
     fn unpark(raw: u64) -> u64;
+
+    /// The bit [`Format::park`] sets (software, non-present entries only).
+    const PARK_TAG: u64;
+    /// The bits that hold a present leaf's rights (read, write, execute, and
+    /// what must change with them: RISC-V's D, set in every writable leaf).
+    const RIGHTS: u64;
+    /// Software, non-present entries only: a *lazy* entry — a page never
+    /// touched whose rights differ from its region's (set by protect); the
+    /// rights wait in bits 14:12 ([`Format::lazy`]). Also set in a parked
+    /// entry whose reclaim must leave such an entry behind (a discard of a
+    /// protected page). Chosen among the bits every format's hardware
+    /// ignores in a non-present entry and none of our encoders uses.
+    const LAZY: u64;
+    /// Software, non-present entries only: a *sealed* leaf — a page whose
+    /// guest rights are none (protect with flags 0): it keeps its frame and
+    /// contents; the entry is the leaf parked under this tag instead of
+    /// [`Format::PARK_TAG`].
+    const SEALED: u64;
+
+    /// The lazy entry with guest rights `rights` (a subset of READ | WRITE |
+    /// EXEC in `Flags` bits; 0 = no access).
+    #[inline]
+    fn lazy(rights: u32) -> u64 {
+        Self::EMPTY | Self::LAZY | (u64::from(rights & 7) << 12)
+    }
+
+    /// True if `raw` is a lazy entry.
+    #[inline]
+    fn is_lazy(raw: u64) -> bool {
+        raw & Self::LAZY != 0 && !Self::from_raw(raw).is_present() && !Self::is_parked(raw)
+    }
+
+    /// The rights a lazy entry carries.
+    #[inline]
+    fn lazy_rights(raw: u64) -> u32 {
+        ((raw >> 12) & 7) as u32
+    }
+
+    /// The sealed form of the present leaf `leaf` (see [`Format::SEALED`]).
+    #[inline]
+    fn seal(leaf: u64) -> u64 {
+        (Self::park(leaf) & !Self::PARK_TAG) | Self::SEALED
+    }
+
+    /// True if `raw` is a sealed leaf.
+    #[inline]
+    fn is_sealed(raw: u64) -> bool {
+        raw & Self::SEALED != 0 && !Self::from_raw(raw).is_present() && !Self::is_parked(raw)
+    }
+
+    /// The present leaf a sealed entry keeps (with the rights it had).
+    #[inline]
+    fn unseal(raw: u64) -> u64 {
+        Self::unpark((raw & !Self::SEALED) | Self::PARK_TAG)
+    }
+
+    /// The present leaf `leaf` with the guest rights of `flags` (READ must
+    /// be in it): every other bit kept — address, memory type, software
+    /// bits, and what the hardware set (accessed/dirty).
+    #[inline]
+    fn with_rights(leaf: u64, flags: MappingFlags) -> u64 {
+        let enc = Self::Pte::new_page(PhysAddr::from_usize(0), flags, false).bits() as u64;
+        (leaf & !Self::RIGHTS) | (enc & Self::RIGHTS) | (leaf & Self::RIGHTS & Self::HW_BITS)
+    }
+}
+
+/// Guest rights of a present leaf, in `Flags` bits (READ 1, WRITE 2, EXEC 4).
+#[inline]
+pub fn leaf_rights<F: Format>(raw: u64) -> u32 {
+    let m = leaf_flags::<F>(raw);
+    let mut r = 0;
+    if m.contains(MappingFlags::READ) {
+        r |= 1;
+    }
+    if m.contains(MappingFlags::WRITE) {
+        r |= 2;
+    }
+    if m.contains(MappingFlags::EXECUTE) {
+        r |= 4;
+    }
+    r
 }
 
 /// What an entry means to the walker.
@@ -100,6 +181,20 @@ pub enum Entry {
         /// First byte of the page.
         hpa: Hpa,
         /// The frame came from `alloc_frame` and goes back through `free_frame`.
+        owned: bool,
+    },
+    /// Not present: a page never touched, with its own guest rights
+    /// (`Flags` bits; see [`Format::LAZY`]). Faults install a frame with them.
+    Lazy {
+        /// READ 1 | WRITE 2 | EXEC 4; 0 = no access.
+        rights: u32,
+    },
+    /// Not present: a leaf whose guest rights are none, keeping its page
+    /// (see [`Format::SEALED`]).
+    Sealed {
+        /// First byte of the page.
+        hpa: Hpa,
+        /// As for [`Entry::Leaf`].
         owned: bool,
     },
 }
@@ -136,6 +231,16 @@ pub fn decode<F: Format>(raw: u64, level: usize) -> Entry {
     if !pte.is_present() {
         return if F::is_parked(raw) {
             Entry::Parked
+        } else if raw & F::LAZY != 0 {
+            Entry::Lazy {
+                rights: F::lazy_rights(raw),
+            }
+        } else if raw & F::SEALED != 0 {
+            let leaf = F::unseal(raw);
+            Entry::Sealed {
+                hpa: Hpa::from_usize(F::addr(leaf, level)),
+                owned: leaf & F::OWNED != 0,
+            }
         } else {
             Entry::Empty
         };

@@ -161,6 +161,13 @@ impl<const LEVELS: usize> Format for NptN<LEVELS> {
     const OWNED: u64 = OWNED;
     const EMPTY: u64 = 0;
     const HW_BITS: u64 = ACCESSED | DIRTY;
+    const PARK_TAG: u64 = PARKED;
+    const RIGHTS: u64 = WRITE | NX;
+    // APM vol. 2, "Not-present" entries: with P = 0 bits 63:1 are available
+    // to software; 61:60 are never set in our leaves (protection keys are
+    // 62:59 in a present leaf and stay 0).
+    const LAZY: u64 = 1 << 60;
+    const SEALED: u64 = 1 << 61;
 
     /// Bits 51:12 hold the frame address in place (SDM / APM tables cited
     /// above); `hpa` is a 4 KiB-aligned frame below 2^52 (`Hooks` checks).

@@ -192,6 +192,13 @@ impl<const LEVELS: usize> Format for Riscv<LEVELS> {
     const OWNED: u64 = OWNED;
     const EMPTY: u64 = 0;
     const HW_BITS: u64 = A | D;
+    const PARK_TAG: u64 = PARKED;
+    const RIGHTS: u64 = R | W | X | D;
+    // Privileged spec, "Sv39 Implementation" (V = 0: the other bits are
+    // ignored); 60:59 are reserved in valid leaves, so never set in the
+    // leaf a sealed entry keeps.
+    const LAZY: u64 = 1 << 59;
+    const SEALED: u64 = 1 << 60;
 
     #[inline]
     fn from_raw(raw: u64) -> RiscvEntry {

@@ -20,6 +20,11 @@ pub enum Probe<'t> {
     /// Every table exists; this empty 4 KiB entry (holding the value seen)
     /// is where the leaf goes.
     Slot(&'t AtomicU64, u64),
+    /// Every table exists; this 4 KiB entry is lazy (holding the value seen):
+    /// the page's rights are the entry's, not its region's.
+    Lazy(&'t AtomicU64, u64),
+    /// A sealed leaf: the guest may not access the page at all.
+    Sealed,
     /// This many tables are missing on the way down (another fault may add
     /// some meanwhile, never remove them: an upper bound for
     /// [`Walker::install_leaf`]).
@@ -43,6 +48,9 @@ impl<'a, F: Format> Walker<'a, F> {
         let f = self.find(gpa)?.ok_or(Error::Internal)?;
         Ok(match f.decode::<F>() {
             Entry::Leaf { .. } => Probe::Present(f.raw),
+            Entry::Sealed { .. } => Probe::Sealed,
+            Entry::Lazy { .. } if f.level == 0 => Probe::Lazy(f.entry, f.raw),
+            Entry::Lazy { .. } => return Err(Error::Internal),
             Entry::Parked => Probe::Frozen,
             Entry::Empty if f.level == 0 => Probe::Slot(f.entry, f.raw),
             Entry::Empty => Probe::Missing(f.level),
@@ -61,7 +69,11 @@ impl<'a, F: Format> Walker<'a, F> {
             let Visit::Slot(s) = v else { continue };
             match format::decode::<F>(s.raw, s.level) {
                 Entry::Table(_) if s.level > 0 => {}
-                Entry::Leaf { .. } => return Ok(Installed::Lost),
+                // Protect got there first (lazy / sealed): the re-fault
+                // sees the entry's rights.
+                Entry::Leaf { .. } | Entry::Lazy { .. } | Entry::Sealed { .. } => {
+                    return Ok(Installed::Lost);
+                }
                 Entry::Parked => return Ok(Installed::Frozen),
                 Entry::Empty if s.level > 0 => {
                     let new = pool.take().ok_or(Error::Internal)?;

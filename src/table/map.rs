@@ -89,10 +89,42 @@ impl<'a, F: Format> Walker<'a, F> {
             let level = s.level;
             match format::decode::<F>(s.raw, level) {
                 Entry::Table(_) if level > 0 => {}
-                Entry::Leaf { .. } if S::FILL_HOLES => it.step_over(),
+                Entry::Leaf { .. } | Entry::Sealed { .. } if S::FILL_HOLES => it.step_over(),
+                // A page never touched whose rights protect changed: its
+                // frame gets those rights (none: it stays sealed), and a
+                // rollback puts the lazy entry back (`Walker::after_release`).
+                Entry::Lazy { rights } if S::FILL_HOLES && level == 0 => {
+                    let leaf = src.leaf(&self.frames, Gpa::from_usize(s.lo), 0)?;
+                    if let Err(e) = self.zero_if_owned(leaf, 0) {
+                        // SAFETY: our leaf was never visible.
+                        unsafe { self.release_entry(leaf, 0, s.base)? };
+                        return Err(e);
+                    }
+                    let parked = if rights == 0 {
+                        F::park(leaf) | F::LAZY | F::SEALED
+                    } else {
+                        let m = crate::flags::Flags::from_bits(rights)
+                            .ok_or(Error::Internal)?
+                            .to_mapping();
+                        F::park(F::with_rights(leaf, m)) | F::LAZY
+                    };
+                    if s.entry
+                        .compare_exchange(s.raw, parked, Ordering::AcqRel, Ordering::Acquire)
+                        .is_err()
+                    {
+                        // A fault filled it first.
+                        // SAFETY: our leaf was never visible.
+                        unsafe { self.release_entry(leaf, 0, s.base)? };
+                        it.retry();
+                    }
+                }
                 // A mapping no region explains, or a parked entry inside
                 // the claimed range: a broken invariant.
-                Entry::Leaf { .. } | Entry::Parked | Entry::Table(_) => {
+                Entry::Leaf { .. }
+                | Entry::Sealed { .. }
+                | Entry::Lazy { .. }
+                | Entry::Parked
+                | Entry::Table(_) => {
                     return Err(Error::Internal);
                 }
                 Entry::Empty => {
@@ -244,7 +276,7 @@ impl<'a, F: Format> Walker<'a, F> {
             if F::is_parked(s.raw) {
                 it.step_over();
                 // Release: the leaf's frame / the subtree before the entry.
-                s.entry.store(F::unpark(s.raw), Ordering::Release);
+                s.entry.store(Self::after_commit(s.raw), Ordering::Release);
             }
         }
         for spine in p.spines.iter_mut().flatten() {

@@ -28,7 +28,9 @@
 pub mod install;
 pub mod iter;
 pub mod map;
+pub mod protect;
 pub mod read;
+pub mod stock;
 pub mod unmap;
 
 use core::marker::PhantomData;
@@ -216,7 +218,7 @@ impl<'a, F: Format> Walker<'a, F> {
             raw
         };
         match format::decode::<F>(raw, level) {
-            Entry::Leaf { hpa, owned: true } => {
+            Entry::Leaf { hpa, owned: true } | Entry::Sealed { hpa, owned: true } => {
                 if level != 0 {
                     // Owned huge pages (from alloc_contig) do not exist yet.
                     return Err(Error::Internal);
@@ -277,7 +279,7 @@ impl<'a, F: Format> Walker<'a, F> {
                     // SAFETY: per this function's contract.
                     unsafe { self.release_leaf_table(t)? };
                 }
-                Entry::Leaf { hpa, owned: true } => {
+                Entry::Leaf { hpa, owned: true } | Entry::Sealed { hpa, owned: true } => {
                     if s.level != 0 {
                         return Err(Error::Internal);
                     }
@@ -313,7 +315,9 @@ impl<'a, F: Format> Walker<'a, F> {
             } else {
                 raw
             };
-            if let Entry::Leaf { hpa, owned: true } = format::decode::<F>(raw, 0) {
+            if let Entry::Leaf { hpa, owned: true } | Entry::Sealed { hpa, owned: true } =
+                format::decode::<F>(raw, 0)
+            {
                 // SAFETY: per this function's contract.
                 unsafe { self.frames.free_guest(hpa) };
             }
@@ -337,13 +341,45 @@ impl<'a, F: Format> Walker<'a, F> {
             if F::is_parked(s.raw) {
                 it.step_over();
                 // Release: a walker that sees the slot empty and links a new
-                // table there sees our clearing first.
-                s.entry.store(F::EMPTY, Ordering::Release);
+                // table there sees our clearing first. A page whose rights
+                // are not its region's keeps them (see `after_release`).
+                s.entry.store(Self::after_release(s.raw), Ordering::Release);
                 // SAFETY: per this function's contract.
-                unsafe { self.release_entry(s.raw, s.level, s.base)? };
+                unsafe { self.release_entry(s.raw & !Self::TAGS, s.level, s.base)? };
             }
         }
         Ok(())
+    }
+
+    /// Tags a parked entry may carry besides [`Format::PARK_TAG`]: what the
+    /// slot holds once the parked entry is released or committed.
+    pub(crate) const TAGS: u64 = F::LAZY | F::SEALED;
+
+    /// What replaces the parked entry `raw` when what it holds is released
+    /// (a rollback, an unmap's or a discard's reclaim): empty, or — for a
+    /// page whose guest rights differ from its region's, tagged by whoever
+    /// parked it — a lazy entry keeping them: `LAZY` keeps the parked
+    /// leaf's rights, `LAZY | SEALED` keeps "no access".
+    pub(crate) fn after_release(raw: u64) -> u64 {
+        if raw & F::LAZY == 0 {
+            F::EMPTY
+        } else if raw & F::SEALED != 0 {
+            F::lazy(0)
+        } else {
+            F::lazy(format::leaf_rights::<F>(F::unpark(raw & !Self::TAGS)))
+        }
+    }
+
+    /// What replaces the parked entry `raw` when a commit makes it visible:
+    /// its leaf, or, tagged `LAZY | SEALED`, the leaf sealed (a hypervisor
+    /// write or prefault gave a no-access page its frame).
+    pub(crate) fn after_commit(raw: u64) -> u64 {
+        let leaf = F::unpark(raw & !Self::TAGS);
+        if raw & F::SEALED != 0 {
+            F::seal(leaf)
+        } else {
+            leaf
+        }
     }
 
     /// Frees every frame and table, root included.
@@ -361,7 +397,9 @@ impl<'a, F: Format> Walker<'a, F> {
     pub(crate) fn table_is_unused(&self, table: Hpa, level: usize) -> Result<bool> {
         Ok(self.view(table, level)?.iter().all(|e| {
             let raw = e.load(Ordering::Acquire);
-            raw == F::EMPTY || F::is_parked(raw)
+            // A parked entry tagged to leave a lazy one behind keeps the
+            // table alive.
+            raw == F::EMPTY || (F::is_parked(raw) && raw & F::LAZY == 0)
         }))
     }
 }

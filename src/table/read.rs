@@ -28,12 +28,15 @@ impl<'a, F: Format> Walker<'a, F> {
         iter::point(self, gpa).map(Some)
     }
 
-    /// The present leaf mapping `gpa`: its raw bits and level. A parked
-    /// (frozen) entry is not present.
+    /// The leaf holding the page at `gpa`: its raw bits and level — a
+    /// present leaf, or a sealed one (no guest access, contents kept; the
+    /// hypervisor still reaches the page). A parked (frozen) or lazy entry
+    /// holds no page.
     #[inline]
     pub fn lookup(&self, gpa: Gpa) -> Result<Option<(u64, usize)>> {
         Ok(self.find(gpa)?.and_then(|f| {
-            matches!(f.decode::<F>(), Entry::Leaf { .. }).then_some((f.raw, f.level))
+            matches!(f.decode::<F>(), Entry::Leaf { .. } | Entry::Sealed { .. })
+                .then_some((f.raw, f.level))
         }))
     }
 }
@@ -80,7 +83,8 @@ pub fn descend<F: Format>(
 }
 
 /// The read path's hot walk (`translate`, `translate_many`): the present
-/// leaf mapping `gpa` — its raw bits and level — or `None` (nothing present:
+/// leaf mapping `gpa` (or the leaf a sealed entry keeps) — its raw bits and
+/// level — or `None` (nothing present:
 /// an empty or parked entry on the way, or `gpa` outside the format's
 /// address space). Like [`descend`]: the per-format table test on the way
 /// down, one [`Hooks::virt`] per level below the root, and one presence test
@@ -110,7 +114,10 @@ pub fn present_leaf<F: Format>(
                 table = hooks.virt(Hpa::from_usize(next)).ok()?.cast::<AtomicU64>();
                 level -= 1;
             }
-            _ => return F::from_raw(raw).is_present().then_some((raw, level)),
+            _ if F::from_raw(raw).is_present() => return Some((raw, level)),
+            // A sealed page (no guest access) is still the guest's page.
+            _ if F::is_sealed(raw) => return Some((F::unseal(raw), level)),
+            _ => return None,
         }
     }
 }

@@ -100,6 +100,11 @@ pub trait DetachCtx {
     /// wait (the range is claimed and its regions are gone, so the state
     /// between two steps is consistent).
     fn pause(&mut self);
+    /// A discard (the range stays mapped, lazily): the guest rights the
+    /// region of `gpa` gives its pages (`Flags` bits). A page whose rights
+    /// differ keeps them in a lazy entry. `None` for an unmap: everything
+    /// goes.
+    fn keep_rights(&self, gpa: usize) -> Option<u32>;
 }
 
 /// Visits between two yield points of a detach.
@@ -108,9 +113,24 @@ const YIELD_EVERY: usize = 64;
 /// Parks `entry` (seen as `raw`): swap, not store — the hardware may have just
 /// set accessed/dirty; the parked value keeps the address for the reclaim.
 fn park<F: Format>(_x: &Exclusive<'_>, entry: &AtomicU64, keep: bool) {
+    park_as::<F>(_x, entry, |old| keep.then(|| F::park(old)));
+}
+
+/// Swaps `entry` to empty, then stores what `parked(old value)` makes of it,
+/// if anything (the reclaim's instructions: see `Walker::after_release`).
+fn park_as<F: Format>(_x: &Exclusive<'_>, entry: &AtomicU64, parked: impl Fn(u64) -> Option<u64>) {
     let old = entry.swap(F::EMPTY, Ordering::AcqRel);
-    if keep {
-        entry.store(F::park(old), Ordering::Relaxed);
+    if let Some(p) = parked(old) {
+        entry.store(p, Ordering::Relaxed);
+    }
+}
+
+/// Child `index` of the huge leaf `raw` at `level`, present or sealed.
+fn child_of<F: Format>(raw: u64, level: usize, index: usize) -> u64 {
+    if F::is_sealed(raw) {
+        F::seal(F::child(F::unseal(raw), level, index))
+    } else {
+        F::child(raw, level, index)
     }
 }
 
@@ -158,10 +178,11 @@ impl<'a, F: Format> Walker<'a, F> {
             if level == 0 || x.is_multiple_of(level_size(level)) {
                 return Ok(());
             }
-            if F::BREAK_BEFORE_MAKE {
+            // A sealed block is invalid already: it is replaced in place.
+            if F::BREAK_BEFORE_MAKE && !F::is_sealed(f.raw) {
                 return self.make_split(f, x, [x, x], pool);
             }
-            let Entry::Leaf { .. } = f.decode::<F>() else {
+            let (Entry::Leaf { .. } | Entry::Sealed { .. }) = f.decode::<F>() else {
                 return Ok(());
             };
             let new = pool.take().ok_or(Error::Internal)?;
@@ -169,7 +190,7 @@ impl<'a, F: Format> Walker<'a, F> {
             let mut raw = f.raw;
             loop {
                 for (i, c) in children.iter().enumerate() {
-                    c.store(F::child(raw, level, i), Ordering::Relaxed);
+                    c.store(child_of::<F>(raw, level, i), Ordering::Relaxed);
                 }
                 // Release: the children before the link.
                 match f.entry.compare_exchange(
@@ -251,7 +272,12 @@ impl<'a, F: Format> Walker<'a, F> {
                 continue;
             }
             if let Some(f) = self.find(Gpa::from_usize(e))? {
-                self.make_split(f, e, edges, pool)?;
+                if F::is_sealed(f.raw) {
+                    // Invalid already: no break needed, split in place.
+                    self.split_at(x, Gpa::from_usize(e), pool)?;
+                } else {
+                    self.make_split(f, e, edges, pool)?;
+                }
             }
         }
         Ok(())
@@ -354,10 +380,43 @@ impl<'a, F: Format> Walker<'a, F> {
                         if !s.whole() {
                             return Err(Error::Internal);
                         }
-                        park::<F>(&ctx.exclusive().ok_or(Error::Internal)?, s.entry, owned);
+                        let keep = ctx.keep_rights(s.base);
+                        let x = ctx.exclusive().ok_or(Error::Internal)?;
+                        park_as::<F>(&x, s.entry, |old| {
+                            // A discarded page whose rights are not its
+                            // region's leaves them in a lazy entry.
+                            let tag = match keep {
+                                Some(r) if r != format::leaf_rights::<F>(old) => F::LAZY,
+                                _ => 0,
+                            };
+                            (owned || tag != 0).then(|| F::park(old) | tag)
+                        });
                         d.note(s.base, s.span_end());
                     }
-                    Entry::Table(_) if s.whole() => {
+                    // Not present: nothing to flush. An unmap clears it (and
+                    // frees a sealed page's frame after the flush, with the
+                    // rest); a discard keeps the rights: a lazy entry stays,
+                    // a sealed page's frame goes and "no access" stays.
+                    Entry::Lazy { .. } if ctx.keep_rights(s.base).is_some() => {}
+                    Entry::Lazy { .. } => {
+                        park::<F>(&ctx.exclusive().ok_or(Error::Internal)?, s.entry, false);
+                    }
+                    Entry::Sealed { owned, .. } => {
+                        if !s.whole() {
+                            return Err(Error::Internal);
+                        }
+                        let tag = if ctx.keep_rights(s.base).is_some() {
+                            F::LAZY | F::SEALED
+                        } else {
+                            0
+                        };
+                        let x = ctx.exclusive().ok_or(Error::Internal)?;
+                        park_as::<F>(&x, s.entry, |old| {
+                            (owned || tag != 0).then(|| F::park(F::unseal(old)) | tag)
+                        });
+                    }
+                    // A discard walks down: entries below keep their rights.
+                    Entry::Table(_) if s.whole() && ctx.keep_rights(s.base).is_none() => {
                         it.step_over();
                         park::<F>(&ctx.exclusive().ok_or(Error::Internal)?, s.entry, true);
                         d.note(s.base, s.span_end());

@@ -21,7 +21,12 @@ fn rw() -> Flags {
 }
 
 /// The raw entry on the walk to `gpa` at `level` (3 = root).
-fn entry<F: Format>(pool: &Pool, s: &AddrSpace, gpa: u64, level: usize) -> &'static AtomicU64 {
+pub(super) fn entry<F: Format>(
+    pool: &Pool,
+    s: &AddrSpace,
+    gpa: u64,
+    level: usize,
+) -> &'static AtomicU64 {
     let mut table = s.root().as_u64();
     let mut l = F::LEVELS - 1;
     loop {

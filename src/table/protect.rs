@@ -1,0 +1,202 @@
+//! Protect: the guest's rights on a range, changed in the entries.
+//!
+//! Rights live in the table, as in KVM's SPTEs and Xen's p2m access types:
+//! a region's flags are the rights its pages start with, and protect changes
+//! the entries —
+//! - a present leaf gets the new rights with a compare-exchange that keeps
+//!   its address, memory type, software and accessed/dirty bits (a huge
+//!   leaf the range covers whole changes in place; the caller split the
+//!   edges first);
+//! - a present leaf whose rights become none is *sealed*: made non-present,
+//!   keeping its frame and contents (`Format::SEALED`); a sealed leaf given
+//!   rights again is made present with them;
+//! - a page never touched whose rights become different from its region's
+//!   gets a *lazy* entry carrying them (`Format::LAZY`); a fault installs
+//!   its frame with those rights. Lazy entries live in leaf tables, which
+//!   protect links where they are missing, from a [`TableStock`] obtained
+//!   before anything changed; rights set back to the region's empty the
+//!   entry again.
+//!
+//! Every change is a compare-exchange from the value seen (a fault or the
+//! hardware may change the entry meanwhile: retry from what is there now), so
+//! protect runs under the shared lock beside faults. It never frees
+//! anything. A present leaf that lost a right is noted in [`Protected`]: the
+//! caller flushes that span once before returning; rights only added need no
+//! flush (a stale, more restrictive translation faults, and the fault finds
+//! the entry allows the access: spurious).
+
+use core::sync::atomic::Ordering;
+
+use crate::error::{Error, Result};
+use crate::flags::Flags;
+use crate::format::{self, Entry, Format, level_size};
+use crate::sync::Shared;
+
+use super::Walker;
+use super::iter::{Descend, Iter, Visit};
+use super::stock::TableStock;
+
+/// One region's part of a protect.
+#[derive(Clone, Copy, Debug)]
+pub struct Part {
+    /// The part, `[start, end)`.
+    pub start: usize,
+    /// See `start`.
+    pub end: usize,
+    /// An alloc region (its pages may be lazy); linear pages are all present.
+    pub alloc: bool,
+    /// The rights the region gives its pages (`Flags` READ | WRITE | EXEC).
+    pub default: u32,
+    /// The new rights (0: none).
+    pub new: u32,
+}
+
+impl Part {
+    /// Never-touched pages of this part need a lazy entry.
+    fn wants_lazy(&self) -> bool {
+        self.alloc && self.new != self.default
+    }
+}
+
+/// The span of present leaves that lost a right: what the flush must cover.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Protected {
+    /// `lo == hi`: nothing lost a right, no flush owed.
+    pub lo: usize,
+    /// See `lo`.
+    pub hi: usize,
+}
+
+impl Protected {
+    fn note(&mut self, a: usize, b: usize) {
+        if self.lo == self.hi {
+            (self.lo, self.hi) = (a, b);
+        } else {
+            self.lo = self.lo.min(a);
+            self.hi = self.hi.max(b);
+        }
+    }
+}
+
+/// Tables a missing subtree needs below an empty entry at `level` for the
+/// part `[lo, hi)` of its span: at each level below, one per table-sized
+/// block the part touches.
+fn tables_below(level: usize, lo: usize, hi: usize) -> usize {
+    (0..level)
+        .map(|l| {
+            let span = level_size(l + 1);
+            (hi - 1) / span - lo / span + 1
+        })
+        .sum()
+}
+
+impl<'a, F: Format> Walker<'a, F> {
+    /// How many tables [`Walker::protect`] of `part` may link (an upper
+    /// bound: faults only ever add tables).
+    pub fn protect_tables_needed(&self, part: &Part) -> Result<usize> {
+        if !part.wants_lazy() {
+            return Ok(0);
+        }
+        let mut n = 0;
+        let mut it = Iter::root(self, part.start, part.end, Descend::Present)?;
+        while let Some(v) = it.next()? {
+            let Visit::Slot(s) = v else { continue };
+            if s.level > 0 && format::decode::<F>(s.raw, s.level) == Entry::Empty {
+                it.step_over();
+                n += tables_below(s.level, s.lo, s.hi);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Gives the pages of `part` the rights `part.new` (see the module
+    /// docs), linking missing leaf tables from `stock`. Runs under the shared
+    /// lock (`_locked`), inside the caller's claim, after the edges were
+    /// split. Fails only on a broken invariant.
+    pub fn protect(
+        &self,
+        _locked: Shared<'_>,
+        part: &Part,
+        stock: &mut TableStock,
+        out: &mut Protected,
+    ) -> Result {
+        let new = part.new;
+        let rights = Flags::from_bits(new).ok_or(Error::Internal)?.to_mapping();
+        let lazy = part.wants_lazy();
+        let mut it = Iter::root(self, part.start, part.end, Descend::Present)?;
+        while let Some(v) = it.next()? {
+            let Visit::Slot(s) = v else { continue };
+            let cas = |want: u64| {
+                s.entry
+                    .compare_exchange(s.raw, want, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            };
+            match format::decode::<F>(s.raw, s.level) {
+                Entry::Table(_) if s.level > 0 => {}
+                Entry::Empty if s.level > 0 => {
+                    if !lazy {
+                        it.step_over();
+                        continue;
+                    }
+                    let t = stock.take(self)?;
+                    let link = format::table::<F>(t);
+                    // Release: the table's empty entries before the link.
+                    if cas(link) {
+                        it.set(link);
+                    } else {
+                        stock.put_back(self, t)?;
+                        it.retry();
+                    }
+                }
+                Entry::Empty => {
+                    if lazy && !cas(F::lazy(new)) {
+                        it.retry();
+                    }
+                }
+                Entry::Lazy { .. } => {
+                    let want = if lazy { F::lazy(new) } else { F::EMPTY };
+                    if want != s.raw && !cas(want) {
+                        it.retry();
+                    }
+                }
+                Entry::Leaf { .. } => {
+                    if !s.whole() {
+                        return Err(Error::Internal);
+                    }
+                    let want = if new == 0 {
+                        F::seal(s.raw)
+                    } else {
+                        F::with_rights(s.raw, rights)
+                    };
+                    if want == s.raw {
+                        continue;
+                    }
+                    // The hardware may have set accessed/dirty since: the
+                    // retry rebuilds from what it wrote.
+                    if !cas(want) {
+                        it.retry();
+                        continue;
+                    }
+                    if format::leaf_rights::<F>(s.raw) & !new != 0 {
+                        out.note(s.base, s.span_end());
+                    }
+                }
+                Entry::Sealed { .. } => {
+                    if new == 0 {
+                        continue;
+                    }
+                    if !s.whole() {
+                        return Err(Error::Internal);
+                    }
+                    if !cas(F::with_rights(F::unseal(s.raw), rights)) {
+                        it.retry();
+                    }
+                }
+                // Nothing parks inside a protect's claim; a table at level 0
+                // does not exist.
+                Entry::Parked | Entry::Table(_) => return Err(Error::Internal),
+            }
+        }
+        Ok(())
+    }
+}
