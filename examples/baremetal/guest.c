@@ -151,7 +151,7 @@ int guest_main(uint64_t top)
      * registers answer as that device's, and a line goes out directly. */
     uint64_t uart = top - DEV_OFF;
     CHECK(uart_id_ok(uart), 70);
-    for (const char *s = "guest: this line went straight to the UART (DEVICE passthrough)\n"; *s; s++) {
+    for (const char *s = DEV_LINE; *s; s++) {
         if (*s == '\n')
             uart_putc(uart, '\r');
         uart_putc(uart, *s);
