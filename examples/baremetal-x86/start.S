@@ -199,11 +199,16 @@ boot32:
     shr     $2, %ecx
     xor     %eax, %eax
     rep stosl
-    mov     %cr4, %eax
-    or      $0x20, %eax             /* PAE */
-    mov     $host_pml4, %ebx
+    xor     %ecx, %ecx              /* LA57 only where CPUID.7:ECX[16] says so */
     cmpl    $MODE_NPT5, ROM_CONFIG
     jne     1f
+    mov     $7, %eax
+    cpuid
+1:  mov     %cr4, %eax
+    or      $0x20, %eax             /* PAE */
+    mov     $host_pml4, %ebx
+    test    $0x10000, %ecx
+    jz      1f
     or      $0x1000, %eax           /* LA57: NPT's levels follow the host's */
     mov     $host_pml5, %ebx
 1:  mov     %eax, %cr4

@@ -21,6 +21,7 @@
 
 /* VMCS field encodings (SDM vol. 3D, Appendix B). */
 enum {
+    VPID = 0x0000,
     GUEST_ES_SEL = 0x0800, GUEST_CS_SEL = 0x0802, GUEST_SS_SEL = 0x0804, GUEST_DS_SEL = 0x0806,
     GUEST_FS_SEL = 0x0808, GUEST_GS_SEL = 0x080a, GUEST_LDTR_SEL = 0x080c, GUEST_TR_SEL = 0x080e,
     HOST_ES_SEL = 0x0c00, HOST_CS_SEL = 0x0c02, HOST_SS_SEL = 0x0c04, HOST_DS_SEL = 0x0c06,
@@ -175,7 +176,11 @@ void vmx_main(uint32_t mode, uint32_t gpa_bits)
     /* Primary: HLT exiting (7), activate secondary controls (31). No I/O
      * exiting: the guest's OUT to port 0xe9 goes straight to Bochs. */
     vmwrite(PROC_CTLS, ctls(tru ? 0x48e : 0x482, 1u << 7 | 1u << 31, "primary processor-based"));
-    vmwrite(PROC_CTLS2, ctls(MSR_VMX_PROCBASED2, 1u << 1, "enable EPT"));
+    /* Secondary: enable EPT (1), enable VPID (5) -- with a VPID the CPU
+     * may keep the guest's translations across VM exits and entries, so
+     * only INVEPT drops them (without one, VM entry and exit flush). */
+    vmwrite(PROC_CTLS2, ctls(MSR_VMX_PROCBASED2, 1u << 1 | 1u << 5, "enable EPT, enable VPID"));
+    vmwrite(VPID, 1);
     /* Exit: host address-space size (9), save EFER (20), load EFER (21). */
     vmwrite(EXIT_CTLS, ctls(tru ? 0x48f : 0x483, 1u << 9 | 1u << 20 | 1u << 21, "VM-exit"));
     /* Entry: IA-32e mode guest (9), load EFER (15). */
