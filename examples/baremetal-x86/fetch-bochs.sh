@@ -35,6 +35,10 @@ pkgs="bochs bochsbios vgabios libltdl7 libsamplerate0 libgtk-3-0 libcolord2 libe
   libwayland-cursor0 libwayland-egl1"
 deb="$dir/debs"
 mkdir -p "$deb" || exit 77
+# One apt-get call for all (each call loads apt's cache: seconds); one by
+# one when that fails, so a package apt does not know is skipped (ldd
+# below says whether it mattered).
+(cd "$deb" && apt-get download $pkgs >/dev/null 2>&1)
 for p in $pkgs; do
   ls "$deb/${p}_"*.deb >/dev/null 2>&1 && continue
   (cd "$deb" && apt-get download "$p" >/dev/null 2>&1) ||
