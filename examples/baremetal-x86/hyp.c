@@ -158,7 +158,7 @@ static void read_insn(uint64_t rip, uint8_t b[16])
         hv_fail("cannot read the guest's instruction at", rip);
 }
 
-void x86_fault(struct exit_ctx *x, uint64_t gpa, uint32_t access, int present)
+void x86_fault(struct exit_ctx *x, uint64_t gpa, uint32_t access, int present, int perms)
 {
     uint8_t b[16];
     enum hv_action act = hv_fault(gpa, access);
@@ -169,6 +169,15 @@ void x86_fault(struct exit_ctx *x, uint64_t gpa, uint32_t access, int present)
     if (act != HV_CONSOLE && present != want_present) {
         put(present ? "hv: the exit says the entry was present\n" : "hv: the exit says the entry was not present\n");
         hv_fail("exit information disagrees with the library at", gpa);
+    }
+    /* EPT says what the refused page allows: exactly its region's flags
+     * (READ, WRITE, EXEC are EPT's bits 0-2), e.g. R for the read-only
+     * range, R|W for the no-exec one. */
+    if (act == HV_DENIED && present && perms >= 0) {
+        uint64_t ro = x86_top - RO_OFF;
+        uint32_t want = gpa >= ro && gpa < ro + RO_SIZE ? AXALLOC_READ : AXALLOC_READ | AXALLOC_WRITE;
+        if ((uint32_t)perms != want)
+            hv_fail("the EPT entry's permissions (exit qualification bits 5:3) are", (uint64_t)perms);
     }
     switch (act) {
     case HV_RESUME:

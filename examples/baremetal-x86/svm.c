@@ -183,7 +183,7 @@ void svm_main(uint32_t mode, uint32_t gpa_bits)
             }
             npf_exits++;
             uint32_t access = info1 & 0x10 ? AXALLOC_EXEC : info1 & 2 ? AXALLOC_WRITE : AXALLOC_READ;
-            x86_fault(&x, info2, access, (int)(info1 & 1));
+            x86_fault(&x, info2, access, (int)(info1 & 1), -1);
         } else if (code == EXIT_UD) {
             uint8_t b[3] = {0, 0, 0};
             if (hv_read_guest(gva_to_gpa(x.rip), b, 3) || b[0] != 0x0f || b[1] != 0x01 || b[2] != 0xc1)

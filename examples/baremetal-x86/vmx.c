@@ -269,7 +269,7 @@ void vmx_main(uint32_t mode, uint32_t gpa_bits)
                 hv_fail("EPT violation not on a guest linear access, GPA", gpa);
             }
             ept_exits++;
-            x86_fault(&x, gpa, (uint32_t)q & 7, (q & 0x38) != 0);
+            x86_fault(&x, gpa, (uint32_t)q & 7, (q & 0x38) != 0, (int)((q >> 3) & 7));
         } else if (reason == 18) {          /* VMCALL */
             if (g.rax == HC_DONE) {
                 put("hv: EPT violations handled: ");

@@ -56,10 +56,11 @@ struct exit_ctx {
     uint64_t rip, rsp;      /* the guest's, updated by the handler */
 };
 /* A stage-2 fault at gpa for access, which the exit says hit a present
- * entry (present: EPT qualification bits 5:3 != 0 / #NPF EXITINFO1.P).
- * Emulates the console store, skips a refused access; returns after the
- * guest's state is ready to resume. */
-void x86_fault(struct exit_ctx *x, uint64_t gpa, uint32_t access, int present);
+ * entry (present: EPT qualification bits 5:3 != 0 / #NPF EXITINFO1.P)
+ * allowing `perms` (EPT: bits 5:3, the AND of the walk's R/W/X; -1 when
+ * the exit does not say, NPT). Emulates the console store, skips a
+ * refused access; returns with the guest's state ready to resume. */
+void x86_fault(struct exit_ctx *x, uint64_t gpa, uint32_t access, int present, int perms);
 /* VMCALL (Intel; on AMD its #UD, intercepted): the hypercall in rax with
  * rdi, rsi; the result in rax. rip past the 3-byte instruction. */
 void x86_hypercall(struct exit_ctx *x);
