@@ -1,7 +1,11 @@
 /*
- * guest.c - the guest of both bare-metal hypervisors: EL1 with its MMU off
+ * guest.c - the guest of the bare-metal hypervisors: EL1 with its MMU off
  * (Arm) or VS-mode with vsatp = Bare (RISC-V), so every address below is a
- * guest-physical address the stage-2 / G-stage table translates.
+ * guest-physical address the stage-2 / G-stage table translates. On x86
+ * the guest runs in 64-bit mode, which needs paging: its own table (built
+ * by baremetal-x86/hyp.c) maps the code at its guest-physical address and
+ * the ranges below TOP at the top of the virtual space, and the guest is
+ * told TOP = 0 -- the same offsets, one fixed translation in front.
  *
  * Position-independent (-fpie): it runs at CODE_GPA, not where the linker
  * put it in the hypervisor's image. No writable static data (the code region
