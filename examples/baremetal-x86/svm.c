@@ -10,11 +10,12 @@
  * the guest's (below). Without it, the first walk through an NX leaf is a
  * #NPF with the RSV bit, not an execute fault.
  *
- * Manual references: AMD APM vol. 2 -- 15.5 (VMRUN, its consistency
- * checks 15.5.1), 15.6 (#VMEXIT), 15.16 (TLB control, ASIDs), 15.25
- * (nested paging; 15.25.6 "Nested versus Guest Page Faults, Fault
- * Ordering" for EXITINFO1/2), 15.30.4 (VM_HSAVE_PA), Appendix B (VMCB
- * layout), C (exit codes).
+ * Manual references (AMD APM vol. 2, "Secure Virtual Machine"): 15.5
+ * "VMRUN Instruction" (15.5.1: the consistency checks), 15.6 "#VMEXIT",
+ * 15.16 "TLB Control" (ASIDs, TLB_CONTROL), 15.25 "Nested Paging" (15.25.6
+ * "Nested versus Guest Page Faults, Fault Ordering": EXITINFO1/2), 15.30.4
+ * "VM_HSAVE_PA MSR"; Appendix B "Layout of VMCB", C "SVM Intercept Exit
+ * Codes". Section numbers of the 3.3x revisions.
  */
 #include <stdint.h>
 #include "axalloc.h"

@@ -1,15 +1,20 @@
 /*
- * vmx.c - Intel VMX with EPT (Bochs `cpu: model=corei7_skylake_x`, or
- * tigerlake for 5 levels where it has them): VMXON, one VMCS whose EPTP is
- * axalloc_hw_t.root_pointer, a 64-bit guest, and EPT violations (exit
- * reason 48) resolved through axalloc_handle_fault with the access from
- * the exit qualification's bits 2:0.
+ * vmx.c - Intel VMX with EPT (Bochs `cpu: model=corei7_skylake_x`): VMXON,
+ * one VMCS whose EPTP is axalloc_hw_t.root_pointer, a 64-bit guest, and EPT
+ * violations (exit reason 48) resolved through axalloc_handle_fault with
+ * the access from the exit qualification's bits 2:0. 5 levels (mode 3)
+ * need EPT page-walk length 5, which no Bochs 2.7 model has: SKIP.
  *
- * Manual references: Intel SDM vol. 3C -- 24.3-24.8 (VMCS fields), 26.2-26.3
- * (VM-entry checks on controls, host and guest state), 27.2.1 Table 27-7
- * ("Exit Qualification for EPT Violations"), 28.2 (EPT), 28.3.3.1 / 30.3
- * (INVEPT), A.3-A.10 (capability MSRs); vol. 3D Appendix B (field
- * encodings), C (exit reasons).
+ * Manual references (Intel SDM, chapter numbers of the 2021-2022 editions;
+ * later editions moved them by one): vol. 3C ch. 24 "Virtual Machine
+ * Control Structures" (24.4-24.8: guest/host state, controls), ch. 26 "VM
+ * Entries" (26.2-26.3: the checks on controls, host and guest state),
+ * 27.2.1 "Basic VM-Exit Information" (Table 27-7, "Exit Qualification for
+ * EPT Violations"), ch. 28 "VMX Support for Address Translation" (EPT,
+ * 28.4.3 "Invalidating Cached Mappings"), ch. 30 "VMX Instruction
+ * Reference" (INVEPT, VMLAUNCH/VMRESUME); vol. 3D Appendix A "VMX
+ * Capability Reporting Facility", B "Field Encoding in VMCS", C "VMX Basic
+ * Exit Reasons".
  */
 #include <stdint.h>
 #include "axalloc.h"
@@ -87,9 +92,9 @@ static uint32_t ctls(uint32_t msr, uint32_t want, const char *name)
 }
 
 /* flush_tlb: INVEPT single-context for this EPTP -- every guest-physical
- * and combined mapping derived from it (SDM vol. 3C, 28.4.3.1 and the
- * INVEPT reference in vol. 3C 30.3). Whole-context, so the range needs no
- * loop; a range-based invalidation does not exist for EPT. */
+ * and combined mapping derived from it, for every VPID (SDM vol. 3C,
+ * 28.4.3 "Invalidating Cached Mappings", and INVEPT in ch. 30). EPT has no
+ * invalidation by guest-physical range, so the range is not used. */
 static void vmx_flush_tlb(uint64_t gpa, uint64_t size)
 {
     (void)gpa;
@@ -147,7 +152,8 @@ void vmx_main(uint32_t mode, uint32_t gpa_bits)
     eptp = hw.root_pointer;
     x86_flush_tlb = vmx_flush_tlb;
 
-    /* VMXON (SDM vol. 3C, 23.7): FEATURE_CONTROL lock + VMXON outside SMX,
+    /* VMXON (SDM vol. 3C, 23.7 "Enabling and Entering VMX Operation" and
+     * 23.8 "Restrictions on VMX Operation"): FEATURE_CONTROL lock + VMXON outside SMX,
      * CR0/CR4 within the fixed bits, CR4.VMXE. */
     uint64_t fc = rdmsr(MSR_FEATURE_CONTROL);
     if (!(fc & 1))
@@ -169,7 +175,7 @@ void vmx_main(uint32_t mode, uint32_t gpa_bits)
     __asm__ volatile("vmptrld %1; setbe %0" : "=q"(fail) : "m"(pa) : "cc", "memory");
     hv_check(!fail, "VMPTRLD");
 
-    /* Controls (SDM vol. 3C, 24.6-24.8); the TRUE_* MSRs when BASIC bit 55
+    /* Controls (SDM vol. 3C, 24.6-24.8; vol. 3D A.3-A.5); the TRUE_* MSRs when BASIC bit 55
      * says they exist (so the default-1 CR3 exiting bits may be 0). */
     int tru = (basic >> 55) & 1;
     vmwrite(PIN_CTLS, ctls(tru ? 0x48d : 0x481, 0, "pin-based"));
@@ -188,7 +194,8 @@ void vmx_main(uint32_t mode, uint32_t gpa_bits)
     vmwrite(EXC_BITMAP, 0xffffffff);        /* any guest exception exits: a bug */
     vmwrite(EPT_POINTER, eptp);
 
-    /* Host state (SDM vol. 3C, 24.5, 26.2.2-26.2.4). */
+    /* Host state (SDM vol. 3C, 24.5 "Host-State Area"; checked by
+     * 26.2.2-26.2.4). */
     vmwrite(HOST_CR0, READ_CR(0));
     vmwrite(HOST_CR3, READ_CR(3));
     vmwrite(HOST_CR4, READ_CR(4));
@@ -209,7 +216,7 @@ void vmx_main(uint32_t mode, uint32_t gpa_bits)
     /* HOST_RSP and HOST_RIP: vmx_run (start.S). */
 
     /* Guest state: 64-bit mode, paging with the tables hyp.c wrote (SDM
-     * vol. 3C, 26.3.1). CR0/CR4 obey the fixed bits (CR4.VMXE included). */
+     * vol. 3C, 24.4 "Guest-State Area"; checked by 26.3.1). CR0/CR4 obey the fixed bits (CR4.VMXE included). */
     uint64_t gcr0 = (0x80000031ull | rdmsr(MSR_VMX_CR0_FIXED0)) & rdmsr(MSR_VMX_CR0_FIXED1);
     uint64_t gcr4 = (0x20ull | rdmsr(MSR_VMX_CR4_FIXED0)) & rdmsr(MSR_VMX_CR4_FIXED1);
     vmwrite(GUEST_CR0, gcr0);
