@@ -1,7 +1,11 @@
 /*
- * guest.c - the guest of both bare-metal hypervisors: EL1 with its MMU off
+ * guest.c - the guest of the bare-metal hypervisors: EL1 with its MMU off
  * (Arm) or VS-mode with vsatp = Bare (RISC-V), so every address below is a
- * guest-physical address the stage-2 / G-stage table translates.
+ * guest-physical address the stage-2 / G-stage table translates. On x86
+ * the guest runs in 64-bit mode, which needs paging: its own table (built
+ * by baremetal-x86/hyp.c) maps the code at its guest-physical address and
+ * the ranges below TOP at the top of the virtual space, and the guest is
+ * told TOP = 0 -- the same offsets, one fixed translation in front.
  *
  * Position-independent (-fpie): it runs at CODE_GPA, not where the linker
  * put it in the hypervisor's image. No writable static data (the code region
@@ -151,7 +155,7 @@ int guest_main(uint64_t top)
      * registers answer as that device's, and a line goes out directly. */
     uint64_t uart = top - DEV_OFF;
     CHECK(uart_id_ok(uart), 70);
-    for (const char *s = "guest: this line went straight to the UART (DEVICE passthrough)\n"; *s; s++) {
+    for (const char *s = DEV_LINE; *s; s++) {
         if (*s == '\n')
             uart_putc(uart, '\r');
         uart_putc(uart, *s);

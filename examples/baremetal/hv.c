@@ -60,8 +60,19 @@ uint64_t hv_guest_entry(void)
     return CODE_GPA + (uint64_t)(guest_entry - __guest_start);
 }
 
+/* The guest's pattern for guest-physical address a: keyed by the address
+ * the guest used, its TOP (guest_top) minus the offset. */
+static uint64_t guest_top;
+static int guest_top_set;
+void hv_guest_top(uint64_t t)
+{
+    guest_top = t;
+    guest_top_set = 1;
+}
+
 static uint64_t pat(uint64_t a, uint64_t seed)
 {
+    a = a - top + guest_top;
     return (a * 0x9e3779b97f4a7c15ull) ^ seed;
 }
 
@@ -70,6 +81,8 @@ void hv_init(uint32_t format, uint32_t gpa_bits, uint64_t top_, uint64_t pool_ba
 {
     title = title_;
     top = top_;
+    if (!guest_top_set)
+        guest_top = top;
     ram_hpa = ram;
     lin_hpa = ram + LIN_HOST_OFF;
     pool_init(pool_base);
@@ -200,6 +213,11 @@ void hv_console(uint64_t gpa, uint64_t value)
     if (c == '\n')
         arch_putc('\r');
     arch_putc(c);
+}
+
+axalloc_as_t *hv_as(void)
+{
+    return as;
 }
 
 int hv_read_guest(uint64_t gpa, void *buf, uint64_t len)

@@ -28,6 +28,11 @@ extern const uint64_t arch_uart_hpa;                 /* the UART page, passed th
  * LIN_HOST_OFF (outside the pool), once more (LIN_OFF). */
 void hv_init(uint32_t format, uint32_t gpa_bits, uint64_t top, uint64_t pool_base,
              uint64_t ram, const char *title, axalloc_hw_t *hw);
+/* What the guest is told TOP is, when not the guest-physical top (x86: its
+ * own page tables put the ranges at the top of the virtual space, TOP =
+ * 0); the patterns the guest and host compare are keyed by the guest's
+ * addresses. Call before hv_init. */
+void hv_guest_top(uint64_t t);
 /* The guest's entry point as a guest-physical address. */
 uint64_t hv_guest_entry(void);
 /* A stage-2 fault at gpa for access (AXALLOC_READ/WRITE/EXEC). */
@@ -38,6 +43,9 @@ void hv_console(uint64_t gpa, uint64_t value);
 uint64_t hv_hypercall(uint64_t nr, uint64_t a0, uint64_t a1);
 /* Reads guest memory through the library (RISC-V: the trapping instruction). */
 int hv_read_guest(uint64_t gpa, void *buf, uint64_t len);
+/* The address space, for a stub's own extra mappings (x86: the guest's
+ * page tables). */
+axalloc_as_t *hv_as(void);
 /* Ends the run: prints FAIL and exits non-zero. */
 void hv_fail(const char *what, uint64_t v) __attribute__((noreturn));
 /* Prints a rule that held ("check: ... ok") or ends the run with FAIL. */

@@ -1,12 +1,13 @@
 /*
- * layout.h - the guest-physical layout both bare-metal hypervisors give
+ * layout.h - the guest-physical layout the bare-metal hypervisors give
  * their guest, shared by the hypervisor (hv.c) and the guest (guest.c).
  *
  * Everything but the code sits just below TOP, the first address past the
  * usable guest-physical space (2^gpa_bits on Arm; on RISC-V the lower half
- * of the GPA space, see README.md), so the top of the space -- the last root
- * page of a concatenated Arm root, the last entries of every level -- is
- * what the MMU walks. The guest learns TOP in its first argument register.
+ * of the GPA space; on x86 2^MAXPHYADDR; see README.md), so the top of the
+ * space -- the last root page of a concatenated Arm root, the last entries
+ * of every level -- is what the MMU walks. The guest learns TOP in its
+ * first argument register (x86: 0, see guest.c).
  */
 #ifndef BAREMETAL_LAYOUT_H
 #define BAREMETAL_LAYOUT_H
@@ -51,8 +52,9 @@
 /* The machine's UART page, map_linear'ed with AXALLOC_DEVICE (passthrough). */
 #define DEV_OFF    U64(0x600000)
 
-/* Hypercalls (Arm: HVC #n, RISC-V: ECALL with a7 = n); arguments and result
- * in the first argument registers. */
+/* Hypercalls (Arm: HVC #n, RISC-V: ECALL with a7 = n; arguments and result
+ * in the first argument registers. x86: VMCALL with rax = n, arguments in
+ * rdi and rsi, the result in rax). */
 #define HC_DONE      0   /* a0 = 0 pass, else the guest's failure code */
 #define HC_REMAP     1   /* unmap [a0, a0 + a1) and map it again, lazily; returns the status */
 #define HC_DENIED    2   /* returns how many accesses the hypervisor refused so far */
