@@ -12,51 +12,12 @@
 #define RWX (AXALLOC_READ | AXALLOC_WRITE | AXALLOC_EXEC)
 #define BASE GIB
 
-/* The guest rights a present leaf grants, from the manuals:
- * - EPT (SDM vol. 3C, 29.3.2, tables 29-2..29-6): bit 0 read, 1 write,
- *   2 execute;
- * - NPT (APM vol. 2, 5.3 / 15.25.5): present = read, bit 1 R/W, bit 63 NX;
- * - Arm stage 2 (Arm ARM D8.4, stage 2 data access permissions): S2AP[0]
- *   (bit 6) read, S2AP[1] (bit 7) write; XN[1] (bit 54) = 1 never executes;
- * - RISC-V (privileged spec, "Sv39 Implementation"; G-stage the same): bits
- *   1 R, 2 W, 3 X; a writable leaf must also have D (bit 7) set, or a CPU
- *   without hardware A/D updating faults on every write. */
-static uint32_t rights_of(uint32_t fmt, uint64_t raw) {
-  uint32_t r = 0;
-  switch (fmt) {
-    case AXALLOC_FORMAT_X86_EPT:
-      if (raw & 1) r |= R;
-      if (raw & 2) r |= AXALLOC_WRITE;
-      if (raw & 4) r |= AXALLOC_EXEC;
-      break;
-    case AXALLOC_FORMAT_X86_NPT:
-      if (raw & 1) r |= R;
-      if (raw & 2) r |= AXALLOC_WRITE;
-      if (!(raw >> 63)) r |= AXALLOC_EXEC;
-      break;
-    case AXALLOC_FORMAT_ARM_S2:
-      if (raw & (1ull << 6)) r |= R;
-      if (raw & (1ull << 7)) r |= AXALLOC_WRITE;
-      if (!(raw & (1ull << 54))) r |= AXALLOC_EXEC;
-      break;
-    default:
-      if (raw & 2) r |= R;
-      if (raw & 4) {
-        r |= AXALLOC_WRITE;
-        CHECK(raw & (1ull << 7)); /* D with W */
-      }
-      if (raw & 8) r |= AXALLOC_EXEC;
-      break;
-  }
-  return r;
-}
-
 /* The rights of the page at gpa: its leaf must be present. */
 static uint32_t page_rights(th_fx_t *f, uint64_t gpa) {
   uint64_t raw = 0;
   CHECK(th_entry(f->pool, gpa, 0, &raw));
   CHECK(th_present(f->format, raw));
-  return rights_of(f->format, raw);
+  return leaf_rights_of(f->format, raw);
 }
 
 static bool page_present(th_fx_t *f, uint64_t gpa) {
