@@ -162,6 +162,18 @@ impl Log {
         Ok(unsafe { words.add(i).as_ref() })
     }
 
+    /// The words of `map` from bit `bit` (a multiple of 64, a page index
+    /// from `start`) to the end of its bitmap frame: the scan of a get
+    /// resolves each frame once, not each word.
+    pub fn words<'h>(&self, hooks: &'h Hooks, map: Map, bit: usize) -> Result<&'h [AtomicU64]> {
+        let first = self.word(hooks, map, bit)?;
+        let left = (PAGES_PER_FRAME - bit % PAGES_PER_FRAME) / 64;
+        // SAFETY: `first` is word `(bit % PAGES_PER_FRAME) / 64` of a whole
+        // bitmap frame of this log (see `word`); the `left` words from it
+        // end at the frame's end. Alive until `free`; all access atomic.
+        Ok(unsafe { core::slice::from_raw_parts(first as *const AtomicU64, left) })
+    }
+
     fn bit(&self, gpa: usize) -> Result<usize> {
         if !self.contains(gpa) {
             return Err(Error::Internal);

@@ -259,10 +259,31 @@ impl AddrSpace {
         let hull = with_format!(self.config.format, F => {
             let w = self.walker::<F>();
             let mut hull = Hull::default();
+            let off = (start.as_usize() - log.start) / FRAME_SIZE;
+            // A range on a word boundary of the log (a whole logged range,
+            // the common case) reads the bitmap word by word, each frame
+            // resolved once: a clean GiB is 4,096 loads.
+            let mut frame: &[core::sync::atomic::AtomicU64] = &[];
             for (k, word) in out.iter_mut().enumerate().take(pages.div_ceil(64)) {
                 let first = start.as_usize() + k * 64 * FRAME_SIZE;
                 let n = (pages - k * 64).min(64);
-                let bits = log.bits(&self.hooks, Map::Dirty, first, n, clear)?;
+                let bits = if off % 64 == 0 {
+                    let b = off + k * 64;
+                    if frame.is_empty() {
+                        frame = log.words(&self.hooks, Map::Dirty, b)?;
+                    }
+                    let (w0, rest) = frame.split_first().ok_or(Error::Internal)?;
+                    frame = rest;
+                    let mask = if n == 64 { !0 } else { (1u64 << n) - 1 };
+                    let v = w0.load(Ordering::Acquire) & mask;
+                    if clear && v != 0 {
+                        w0.fetch_and(!mask, Ordering::AcqRel) & mask
+                    } else {
+                        v
+                    }
+                } else {
+                    log.bits(&self.hooks, Map::Dirty, first, n, clear)?
+                };
                 *word = bits;
                 if clear && bits != 0 {
                     Self::rearm::<F>(&w, first, bits, &mut hull)?;
