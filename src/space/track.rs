@@ -267,7 +267,7 @@ impl AddrSpace {
             for (k, word) in out.iter_mut().enumerate().take(pages.div_ceil(64)) {
                 let first = start.as_usize() + k * 64 * FRAME_SIZE;
                 let n = (pages - k * 64).min(64);
-                let bits = if off % 64 == 0 {
+                let bits = if off.is_multiple_of(64) {
                     let b = off + k * 64;
                     if frame.is_empty() {
                         frame = log.words(&self.hooks, Map::Dirty, b)?;
