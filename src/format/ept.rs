@@ -53,6 +53,12 @@ pub mod bits {
     pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
     /// Software: the frame came from `alloc_frame` (bit 52, ignored).
     pub const OWNED: u64 = 1 << 52;
+    /// Software (bit 11, ignored in every EPT entry — SDM vol. 3C, tables
+    /// "Format of an EPT Page-Directory Entry that Maps a 2-MByte Page" and
+    /// "Format of an EPT Page-Table Entry": bits 11:8 / 11:7 ignored besides
+    /// A/D and the mode-based execute bit 10): a leaf of a 2 MiB block from
+    /// `alloc_contig`.
+    pub const GUEST_BLOCK: u64 = 1 << 11;
     /// Software, non-present entries only: a parked entry (bit 62; the
     /// processor ignores bits 62:3 of a not-present entry).
     pub const PARKED: u64 = 1 << 62;
@@ -128,7 +134,7 @@ impl GenericPTE for EptEntry {
     }
 
     fn set_flags(&mut self, flags: MappingFlags, is_huge: bool) {
-        let keep = self.0 & (ADDR_MASK | OWNED);
+        let keep = self.0 & (ADDR_MASK | OWNED | GUEST_BLOCK);
         *self = Self::new_page(PhysAddr::from_usize(0), flags, is_huge);
         self.0 |= keep;
     }
@@ -170,6 +176,7 @@ impl<const LEVELS: usize> Format for EptN<LEVELS> {
     const GPA_BITS: u32 = 12 + 9 * LEVELS as u32;
     const MAX_LEAF_LEVEL: usize = 2;
     const OWNED: u64 = OWNED;
+    const BLOCK: u64 = GUEST_BLOCK;
     const EMPTY: u64 = SUPPRESS_VE;
     const HW_BITS: u64 = ACCESSED | DIRTY;
 

@@ -21,6 +21,7 @@ pub(crate) fn shapes() -> &'static [crate::format::FormatKind] {
 mod core;
 mod fast_fault;
 mod formats;
+mod huge;
 mod model;
 /// Runs `f` on a fresh space of `format` (window up to 2^40) over a pool of
 /// `frames`, then destroys it and checks every frame came back.
