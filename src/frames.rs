@@ -205,10 +205,11 @@ impl<'a> Frames<'a> {
     }
 
     /// Zeroes a block from [`Frames::alloc_guest_block`] with streaming
-    /// stores (the bulk path: 2 MiB would only evict the cache), then fences
-    /// (the caller publishes the block right after, under its own
-    /// Release). `phys_to_virt` of the first frame (or the direct map)
-    /// shows the whole block contiguously, per the hook's contract.
+    /// stores (the bulk path: 2 MiB would only evict the cache); run
+    /// [`zero::streaming_fence`] before it becomes reachable (a map's commit
+    /// does, once; a fault right after this). `phys_to_virt` of the first
+    /// frame (or the direct map) shows the whole block contiguously, per the
+    /// hook's contract.
     pub fn zero_guest_block(&self, hpa: Hpa) -> Result {
         if !self.frames_zeroed {
             let p = self.hooks.virt(hpa)?;
@@ -218,7 +219,6 @@ impl<'a> Frames<'a> {
                 // contract), 4 KiB aligned (`Hooks::virt` checked the first).
                 unsafe { zero::zero_frame_streaming(p.add(i * FRAME_SIZE)) };
             }
-            zero::streaming_fence();
         }
         Ok(())
     }

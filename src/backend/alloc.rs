@@ -21,6 +21,7 @@ use crate::sync::Shared;
 use crate::table::install::{Installed, Probe};
 use crate::table::map::LeafSource;
 use crate::table::{TablePool, Walker};
+use crate::zero;
 
 /// Leaves for eager population of a new region.
 pub struct Populate<F: Format> {
@@ -315,6 +316,8 @@ fn fault_block<F: Format>(
         leftover.block = Some(hpa);
         return Err(e);
     }
+    // The streamed zeroes before the entry that publishes the block.
+    zero::streaming_fence();
     let leaf = format::with_addr::<F>(template, hpa);
     match walker.install_at(Gpa::from_usize(base), leaf, 1, &mut leftover.pool) {
         Ok(Installed::Yes) => {

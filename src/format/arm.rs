@@ -19,7 +19,8 @@
 //!   shareable), AF 10 (set: the library never relies on hardware access
 //!   flag management, so a leaf never faults for AF), XN\[1:0\] 54:53
 //!   (`0b10`: not executable at EL1 nor EL0 — bit 54 alone, the pre-FEAT_XNX
-//!   XN bit), bits 58:55 reserved for software: bit 55 marks owned frames;
+//!   XN bit), bits 58:55 reserved for software: bit 55 marks owned frames,
+//!   bit 57 2 MiB guest blocks (`AXALLOC_HUGE`);
 //! - table descriptors at stage 2 carry no hierarchical attributes: the
 //!   address and `0b11` only.
 //!

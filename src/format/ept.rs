@@ -8,7 +8,8 @@
 //! - non-leaf entries: R|W|X and the table address; bits 7:3 must be 0;
 //! - bits 8/9 are accessed/dirty when EPT A/D is enabled: the processor may
 //!   set them at any time in present entries, so nothing here compares them;
-//! - bits 11 and 56:52 are ignored by the processor: bit 52 marks owned frames;
+//! - bits 11 and 56:52 are ignored by the processor: bit 52 marks owned frames,
+//!   bit 11 2 MiB guest blocks (`AXALLOC_HUGE`);
 //! - bit 63 is "suppress #VE" (SDM vol. 3C 28.2.2, 25.5.6.1): with the
 //!   "EPT-violation #VE" control on, an EPT violation on a not-present entry
 //!   whose bit 63 is 0 becomes a #VE *in the guest* instead of a VM exit.

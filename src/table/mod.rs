@@ -23,6 +23,13 @@
 //!   span of every pruned table, and [`unmap`]'s reclaim frees it.
 //! - A **parked** entry met by a concurrent walker is *frozen*: a fault returns
 //!   at once as spurious (the guest re-faults), never spins.
+//! - **2 MiB guest blocks** (`AXALLOC_HUGE`) are marked in their leaves
+//!   ([`Format::BLOCK`]); a split copies the mark into the 512 pieces, and
+//!   one leaf table's pieces all name one block. The detach that parks the
+//!   last present piece of a block marks it last and flushes the whole
+//!   block; the reclaim then gives the block back once (`unmap.rs`). A
+//!   pruned leaf table, or destroy, gives its block back whole
+//!   (`release_leaf_table`).
 //! - The tables themselves are the only record: no side lists, no allocator.
 
 pub mod install;
