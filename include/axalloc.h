@@ -150,8 +150,10 @@
  * aligned use 4 KiB pages.
  *
  * A part gets its block at populate, at `axalloc_prefault` (of the whole
- * part) or `axalloc_write`, or on the first fault in it while none of its
- * 4 KiB pages is present. When `alloc_contig` fails there, the part falls
+ * part), or on the first fault in it while it has no 4 KiB page table
+ * (none of its pages present since it was mapped, or since a discard or
+ * unmap took the whole part; a part split earlier and discarded piece by
+ * piece keeps its table and faults in 4 KiB frames). When `alloc_contig` fails there, the part falls
  * back to 4 KiB frames from `alloc_frame` (never an error for that reason
  * alone). Blocks are zeroed with streaming stores (the bulk path).
  * `axalloc_translate` reports 2 MiB for a page of a whole block.
