@@ -86,6 +86,7 @@ fn hpa_of(s: &AddrSpace, gpa: u64) -> (u64, usize) {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "2 MiB blocks in a 16 MiB pool: too slow to interpret")]
 fn huge_populate_maps_aligned_parts_with_blocks_and_edges_with_4k() {
     for &kind in shapes() {
         with_space(kind, FRAMES, |pool, s| {
@@ -117,6 +118,7 @@ fn huge_populate_maps_aligned_parts_with_blocks_and_edges_with_4k() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "2 MiB blocks in a 16 MiB pool: too slow to interpret")]
 fn huge_fault_installs_one_block_per_part_and_counts_one_fault() {
     for &kind in shapes() {
         with_space(kind, FRAMES, |pool, s| {
@@ -142,6 +144,7 @@ fn huge_fault_installs_one_block_per_part_and_counts_one_fault() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "2 MiB blocks in a 16 MiB pool: too slow to interpret")]
 fn huge_fault_falls_back_to_4k_when_contig_fails() {
     for &kind in shapes() {
         with_space(kind, FRAMES, |pool, s| {
@@ -166,6 +169,7 @@ fn huge_fault_falls_back_to_4k_when_contig_fails() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "2 MiB blocks in a 16 MiB pool: too slow to interpret")]
 fn huge_prefault_and_write_install_blocks() {
     for &kind in shapes() {
         with_space(kind, FRAMES, |_pool, s| {
@@ -182,6 +186,7 @@ fn huge_prefault_and_write_install_blocks() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "2 MiB blocks in a 16 MiB pool: too slow to interpret")]
 fn huge_block_returns_whole_after_last_page_unmapped() {
     for &kind in shapes() {
         with_space(kind, FRAMES, |pool, s| {
@@ -234,6 +239,7 @@ fn huge_block_returns_whole_after_last_page_unmapped() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "2 MiB blocks in a 16 MiB pool: too slow to interpret")]
 fn huge_discard_splits_refaults_4k_and_frees_the_block_with_its_last_page() {
     for &kind in shapes() {
         with_space(kind, FRAMES, |pool, s| {
@@ -278,6 +284,7 @@ fn huge_discard_splits_refaults_4k_and_frees_the_block_with_its_last_page() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "2 MiB blocks in a 16 MiB pool: too slow to interpret")]
 fn huge_discard_of_a_whole_block_frees_it_and_the_part_faults_a_block_again() {
     for &kind in shapes() {
         with_space(kind, FRAMES, |pool, s| {
@@ -335,6 +342,7 @@ fn inject(
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "2 MiB blocks in a 16 MiB pool: too slow to interpret")]
 fn huge_failure_injection_at_every_allocation_changes_nothing() {
     // One shape per table code path: 4 and 5 levels, NPT's PAT bit, Arm's
     // break-before-make with one and two levels, a RISC-V x4 root.
@@ -372,6 +380,7 @@ fn huge_failure_injection_at_every_allocation_changes_nothing() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "2 MiB blocks in a 16 MiB pool: too slow to interpret")]
 fn huge_discards_racing_on_one_block_free_it_once() {
     // Two discards of the two halves of one split block, in either order and
     // with a fault in between: the block goes back exactly once (the pool
@@ -405,6 +414,7 @@ fn huge_discards_racing_on_one_block_free_it_once() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "2 MiB blocks in a 16 MiB pool: too slow to interpret")]
 fn huge_writers_never_lose_data_while_other_pages_are_discarded() {
     let kinds = if cfg!(miri) {
         &[FormatKind::X86Ept][..]
@@ -474,6 +484,7 @@ fn huge_writers_never_lose_data_while_other_pages_are_discarded() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "2 MiB blocks in a 16 MiB pool: too slow to interpret")]
 fn huge_read_of_a_parked_block_is_busy_not_zeros() {
     // What a reader meets while Arm's break-before-make splits a block (or
     // a discard holds a page): the data is still there, not zeros.
