@@ -32,7 +32,15 @@ struct th_pool {
   uint32_t root_pages;   /* frames in the root */
   bool destroyed;
   bool check_reach;
+  /* Contiguous blocks alloc_contig handed out: order + 1 at a block's first
+   * frame, BLK_INNER at its others, 0 elsewhere. A block frame never goes
+   * to free_frame; free_contig takes exactly a live block, whole, once. */
+  unsigned char *blk;
+  bool contig_fails;     /* alloc_contig fails, alloc_frame goes on */
+  size_t contig_frees;   /* free_contig calls */
 };
+
+#define BLK_INNER 0xff
 
 static void error(th_pool_t *p, const char *fmt, unsigned long long v) {
   if (p->errors++ == 0)
@@ -50,7 +58,8 @@ th_pool_t *th_pool_new(size_t frames, uint64_t base, bool zeroed) {
   p->used = calloc(frames, 1);
   p->exposed = calloc(frames, sizeof *p->exposed);
   p->free_stack = calloc(frames, sizeof *p->free_stack);
-  if (!p->mem || !p->used || !p->exposed || !p->free_stack) abort();
+  p->blk = calloc(frames, 1);
+  if (!p->mem || !p->used || !p->exposed || !p->free_stack || !p->blk) abort();
   p->frames = frames;
   p->base = base;
   p->zeroed = zeroed;
@@ -72,6 +81,7 @@ void th_pool_free(th_pool_t *p) {
   free(p->used);
   free(p->exposed);
   free(p->free_stack);
+  free(p->blk);
   pthread_mutex_destroy(&p->lock);
   free(p);
 }
@@ -190,10 +200,16 @@ static int32_t hook_alloc(void *ctx, uint64_t *out) {
   return rc;
 }
 
-static void hook_free(void *ctx, uint64_t hpa) {
-  th_pool_t *p = ctx;
+static void free_one(th_pool_t *p, uint64_t hpa, bool from_contig);
+
+static void hook_free(void *ctx, uint64_t hpa) { free_one(ctx, hpa, false); }
+
+/* free_frame, or one frame of a free_contig (checked the same way). */
+static void free_one(th_pool_t *p, uint64_t hpa, bool from_contig) {
   pthread_mutex_lock(&p->lock);
   p->frees++;
+  if (!from_contig && th_owns(p, hpa) && p->blk[(hpa - p->base) / TH_FRAME])
+    error(p, "free_frame of %#llx, a frame of a contiguous block", (unsigned long long)hpa);
   if (p->destroyed) error(p, "free_frame called after destroy (%#llx)", (unsigned long long)hpa);
   if (!th_owns(p, hpa) || hpa % TH_FRAME) {
     error(p, "free_frame of a frame the pool never handed out: %#llx", (unsigned long long)hpa);
@@ -227,8 +243,9 @@ static int32_t hook_alloc_contig(void *ctx, uint32_t order, uint64_t *out) {
   int32_t rc = -1;
   size_t n = (size_t)1 << order;
   if (p->destroyed) error(p, "alloc_contig called after destroy (%llu)", 0);
-  if (order > 4) error(p, "alloc_contig order %llu (the library needs 1..4)", order);
-  if (p->budget == 0 || order > 4) {
+  bool known = order <= 4 || order == 9;
+  if (!known) error(p, "alloc_contig order %llu (the library needs 1..4 and 9)", order);
+  if (p->budget == 0 || !known || p->contig_fails) {
     p->failed++;
     goto out;
   }
@@ -239,6 +256,7 @@ static int32_t hook_alloc_contig(void *ctx, uint32_t order, uint64_t *out) {
     if (p->budget > 0) p->budget--;
     for (i = first; i < first + n; i++) {
       p->used[i] = 1;
+      p->blk[i] = i == first ? (unsigned char)(order + 1) : BLK_INNER;
       p->exposed[i] = -1;
       if (!p->zeroed) memset(p->mem + i * TH_FRAME, 0xA5, TH_FRAME);
     }
@@ -260,15 +278,38 @@ out:
 
 static void hook_free_contig(void *ctx, uint64_t hpa, uint32_t order) {
   th_pool_t *p = ctx;
-  if (order > 4 || hpa % (TH_FRAME << order)) {
-    pthread_mutex_lock(&p->lock);
-    error(p, "free_contig of a block alloc_contig never gave: %#llx", (unsigned long long)hpa);
+  pthread_mutex_lock(&p->lock);
+  p->contig_frees++;
+  size_t first = (hpa - p->base) / TH_FRAME;
+  bool whole = order < 32 && th_owns(p, hpa) && hpa % (TH_FRAME << order) == 0 &&
+               first + ((size_t)1 << order) <= p->frames && p->blk[first] == order + 1;
+  if (!whole) {
+    error(p, "free_contig of a block alloc_contig never gave whole with that order (or twice): %#llx",
+          (unsigned long long)hpa);
     pthread_mutex_unlock(&p->lock);
     return;
   }
+  for (size_t i = first; i < first + ((size_t)1 << order); i++) p->blk[i] = 0;
+  pthread_mutex_unlock(&p->lock);
   /* frame by frame, with every check free_frame makes (the root is exempt
    * from the reachability check, as in hook_free) */
-  for (uint64_t i = 0; i < (1ull << order); i++) hook_free(ctx, hpa + i * TH_FRAME);
+  for (uint64_t i = 0; i < (1ull << order); i++) free_one(p, hpa + i * TH_FRAME, true);
+}
+
+void th_contig_fails(th_pool_t *p, bool fails) {
+  pthread_mutex_lock(&p->lock);
+  p->contig_fails = fails;
+  pthread_mutex_unlock(&p->lock);
+}
+
+size_t th_contig_frees(const th_pool_t *p) { return p->contig_frees; }
+
+size_t th_blocks(th_pool_t *p, uint32_t order) {
+  pthread_mutex_lock(&p->lock);
+  size_t n = 0;
+  for (size_t i = 0; i < p->frames; i++) n += p->blk[i] == order + 1;
+  pthread_mutex_unlock(&p->lock);
+  return n;
 }
 
 static void *hook_p2v(void *ctx, uint64_t hpa) {

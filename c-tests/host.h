@@ -64,6 +64,9 @@ size_t th_allocs(const th_pool_t *p);        /* successful alloc_frame calls */
 size_t th_frees(const th_pool_t *p);         /* free_frame calls */
 size_t th_failed_allocs(const th_pool_t *p); /* injected failures */
 size_t th_flushes(const th_pool_t *p);       /* flush_tlb calls */
+void th_contig_fails(th_pool_t *p, bool fails); /* alloc_contig fails (alloc_frame goes on) */
+size_t th_contig_frees(const th_pool_t *p);   /* free_contig calls */
+size_t th_blocks(th_pool_t *p, uint32_t order); /* live alloc_contig blocks of order */
 th_flush_t th_last_flush(const th_pool_t *p);
 /* Errors the pool detected (0 = the library kept every rule so far) and the
  * first message. */

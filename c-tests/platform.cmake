@@ -164,7 +164,7 @@ file(CONFIGURE OUTPUT "${_plat_gen}/header_c.c" @ONLY CONTENT [=[
 _Static_assert(sizeof(axalloc_status_t) == 4, "axalloc_status_t is int32_t-sized");
 _Static_assert(sizeof(axalloc_config_t) == 48, "axalloc_config_t layout");
 _Static_assert(sizeof(axalloc_hw_t) == 32, "axalloc_hw_t layout");
-_Static_assert(sizeof(axalloc_stats_t) == 48, "axalloc_stats_t layout");
+_Static_assert(sizeof(axalloc_stats_t) == 56, "axalloc_stats_t layout");
 _Static_assert(sizeof(axalloc_mapping_t) == 48, "axalloc_mapping_t layout");
 #endif
 
@@ -226,7 +226,7 @@ file(CONFIGURE OUTPUT "${_plat_gen}/header_cxx.cpp" @ONLY CONTENT [=[
 #include <cstring>
 
 static_assert(sizeof(axalloc_status_t) == 4, "axalloc_status_t is int32_t-sized");
-static_assert(sizeof(axalloc_stats_t) == 48, "axalloc_stats_t layout");
+static_assert(sizeof(axalloc_stats_t) == 56, "axalloc_stats_t layout");
 
 int main() {
   const char *s = axalloc_status_str(AXALLOC_ERR_NO_MEMORY);

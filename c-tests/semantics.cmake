@@ -19,7 +19,7 @@ function(axalloc_semantics_test exe)
   axalloc_c_test(${exe} SOURCES ${exe}.c TESTS ${names})
 endfunction()
 
-foreach(exe IN ITEMS test_create test_map test_unmap test_fault test_copy test_api test_reserve test_fastpath test_core test_abi test_discard test_protect test_dirty)
+foreach(exe IN ITEMS test_create test_map test_unmap test_fault test_copy test_api test_reserve test_fastpath test_core test_abi test_discard test_protect test_dirty test_huge)
   axalloc_semantics_test(${exe})
 endforeach()
 

@@ -79,9 +79,12 @@ static void values_config_flags_as_map_flags_are_invalid(void) {
       CHECK_STATUS(axalloc_handle_fault(f.as, 0, AXALLOC_READ | cfgs[i]), AXALLOC_ERR_INVALID);
       CHECK_STATUS(axalloc_handle_fault(f.as, 0, cfgs[i]), AXALLOC_ERR_INVALID);
     }
-    /* bits 4-7 (HUGE to come) are reserved: INVALID today */
-    CHECK_STATUS(axalloc_map_alloc(f.as, GIB, PAGE, RW | (1u << 4), false), AXALLOC_ERR_INVALID);
+    /* bits 5-7 are reserved: INVALID; bit 4 is AXALLOC_HUGE, a map_alloc flag
+     * only: INVALID for map_linear and as an access (test_huge has the rest) */
+    CHECK_STATUS(axalloc_map_alloc(f.as, GIB, PAGE, RW | (1u << 5), false), AXALLOC_ERR_INVALID);
     CHECK_STATUS(axalloc_map_alloc(f.as, GIB, PAGE, RW | (1u << 7), false), AXALLOC_ERR_INVALID);
+    CHECK_STATUS(axalloc_map_linear(f.as, GIB, GIB, PAGE, RW | AXALLOC_HUGE), AXALLOC_ERR_INVALID);
+    CHECK_STATUS(axalloc_handle_fault(f.as, 0, AXALLOC_READ | AXALLOC_HUGE), AXALLOC_ERR_INVALID);
     /* DEVICE is a map flag, not an access */
     CHECK_STATUS(axalloc_handle_fault(f.as, 0, AXALLOC_DEVICE), AXALLOC_ERR_INVALID);
     CHECK_SNAP_EQ(s0, snap_of(&f), 0);

@@ -41,8 +41,9 @@ _Static_assert(AXALLOC_FORMAT_X86_EPT == 1u && AXALLOC_FORMAT_X86_NPT == 2u && A
 _Static_assert(offsetof(axalloc_stats_t, regions) == 0 && offsetof(axalloc_stats_t, mapped_bytes) == 8 &&
                    offsetof(axalloc_stats_t, guest_frames) == 16 && offsetof(axalloc_stats_t, table_frames) == 24 &&
                    offsetof(axalloc_stats_t, faults) == 32 && offsetof(axalloc_stats_t, reserve_frames) == 40 &&
-                   sizeof(axalloc_stats_t) == 48,
-               "stats layout");
+                   offsetof(axalloc_stats_t, huge_pages) == 48 && sizeof(axalloc_stats_t) == 56,
+               "stats layout (huge_pages appended, issue 11)");
+_Static_assert(AXALLOC_HUGE == 1u << 4, "AXALLOC_HUGE is map flag bit 4");
 _Static_assert(offsetof(axalloc_hooks_t, struct_size) == 0 && offsetof(axalloc_hooks_t, reserved) == 4 &&
                    offsetof(axalloc_hooks_t, ctx) == 8 &&
                    offsetof(axalloc_hooks_t, alloc_frame) == 8 + sizeof(void *) &&

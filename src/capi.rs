@@ -164,9 +164,36 @@ pub const AXALLOC_EXEC: u32 = 1 << 2;
 ///   and KVM keep); the result combines with the guest's own type (AMD APM
 ///   vol. 2, "Combining Guest and Host Memory Types").
 ///
-/// Bits 4-7 are reserved (bit 4 for `HUGE`, to come) and, like every bit
-/// outside 0-7, rejected with `AXALLOC_ERR_INVALID`.
+/// Bits 5-7 are reserved and, like every bit outside 0-7, rejected with
+/// `AXALLOC_ERR_INVALID`; bit 4 is `AXALLOC_HUGE`.
 pub const AXALLOC_DEVICE: u32 = 1 << 3;
+/// Map flag, `axalloc_map_alloc` only (`AXALLOC_ERR_INVALID` anywhere
+/// else): back every 2 MiB-aligned 2 MiB part of the region with one 2 MiB
+/// page — a block from `alloc_contig(9)` (without that hook:
+/// `AXALLOC_ERR_UNSUPPORTED`) mapped by one 2 MiB leaf: EPT PDE bit 7
+/// (Intel SDM vol. 3C, "Format of an EPT Page-Directory Entry that Maps a
+/// 2-MByte Page"), NPT PDE PS (AMD APM vol. 2, "2-Mbyte PDE"), an Arm
+/// level-2 block descriptor (Arm ARM, "VMSAv8-64 translation table format
+/// descriptors"), a RISC-V megapage. The region's edges that are not 2 MiB
+/// aligned use 4 KiB pages.
+///
+/// A part gets its block at populate, at `axalloc_prefault` (of the whole
+/// part), or on the first fault in it while it has no 4 KiB page table
+/// (none of its pages present since it was mapped, or since a discard or
+/// unmap took the whole part; a part split earlier and discarded piece by
+/// piece keeps its table and faults in 4 KiB frames). When `alloc_contig` fails there, the part falls
+/// back to 4 KiB frames from `alloc_frame` (never an error for that reason
+/// alone). Blocks are zeroed with streaming stores (the bulk path).
+/// `axalloc_translate` reports 2 MiB for a page of a whole block.
+///
+/// An unmap or discard (or protect) covering part of a 2 MiB page splits
+/// its leaf into 512 4 KiB leaves over the same block (Arm:
+/// break-before-make, see `axalloc_unmap`); the block goes back through
+/// `free_contig(hpa, 9)`, after the flush, once none of its pages is mapped
+/// any more. A block is never given to `free_frame`, nor a 4 KiB frame to
+/// `free_contig`. A fault on a discarded page of a split block gets a 4 KiB
+/// frame. `axalloc_stats_t.huge_pages` counts the blocks held.
+pub const AXALLOC_HUGE: u32 = 1 << 4;
 
 /// Intel EPT: 4 levels, 48-bit guest-physical addresses. The VMCS's EPTP is
 /// `axalloc_as_root(as) | 1 << 6 | (4 - 1) << 3 | 6` (A/D enable, page-walk
@@ -350,21 +377,25 @@ pub struct axalloc_hooks {
     /// `axalloc_unmap`), never for mappings being added. If NULL, the host guarantees no CPU holds stale
     /// translations by other means (e.g. no vCPU runs while it unmaps).
     pub flush_tlb: Option<unsafe extern "C" fn(ctx: *mut c_void, gpa: u64, size: u64)>,
-    /// Optional (not used by this version for guest RAM; reserved for 2 MiB
-    /// pages and multi-frame roots). May run under the lock, like
+    /// Optional. May run under the lock, like
     /// `alloc_frame`. Obtains 2^`order` contiguous frames,
     /// aligned to their size; returns 0 on success. Used for multi-page
     /// roots (Arm concatenated root tables, order 1..4; RISC-V x4 roots,
-    /// order 2), once per `axalloc_as_create`. `phys_to_virt` of the
+    /// order 2), once per `axalloc_as_create`, and for 2 MiB guest pages
+    /// (order 9, regions with `AXALLOC_HUGE`; a failure there falls back to
+    /// `alloc_frame`). `phys_to_virt` of the
     /// block's first frame (or the direct map) must show the whole block
     /// contiguously. A misaligned or too-high block is handed back through
     /// `free_contig` and the call fails with `AXALLOC_ERR_HOOK`.
     pub alloc_contig:
         Option<unsafe extern "C" fn(ctx: *mut c_void, order: u32, hpa_out: *mut u64) -> i32>,
     /// Required exactly when `alloc_contig` is given. Takes back a block
-    /// (with its `order`), exactly once: a multi-page root at
-    /// `axalloc_as_destroy`, after its `flush_tlb`. Never called with the
-    /// lock held.
+    /// (with its `order`), exactly once and whole: a multi-page root at
+    /// `axalloc_as_destroy`, after its `flush_tlb`; a 2 MiB guest block
+    /// (order 9) after the flush that removed its last mapped page, or one
+    /// that never became visible. Never called with the lock held, except
+    /// where `free_frame` is too (`axalloc_prefault` / `axalloc_write`
+    /// giving back what they prepared).
     pub free_contig: Option<unsafe extern "C" fn(ctx: *mut c_void, hpa: u64, order: u32)>,
     /// Optional. Called over and over while a thread waits for the address
     /// space's lock (it spins; see "Locks" above): `cpu_relax()` / `pause`,
@@ -445,6 +476,9 @@ pub struct axalloc_stats {
     /// Zeroed frames held in the reserve (`axalloc_reserve`), not counted in
     /// `guest_frames` until a fault installs them.
     pub reserve_frames: u64,
+    /// 2 MiB guest pages (`AXALLOC_HUGE` blocks) currently held, mapped
+    /// whole or in part after a split; each also counts 512 `guest_frames`.
+    pub huge_pages: u64,
 }
 /// See `struct axalloc_stats`.
 pub type axalloc_stats_t = axalloc_stats;
@@ -770,6 +804,7 @@ pub unsafe extern "C" fn axalloc_as_stats(
         table_frames: st.table_frames,
         faults: st.faults,
         reserve_frames: st.reserve_frames,
+        huge_pages: st.huge_pages,
     };
     // SAFETY: non-NULL and writable per the contract.
     unsafe { out.write(c) };
@@ -818,7 +853,7 @@ pub unsafe extern "C" fn axalloc_reserve(r#as: *mut axalloc_as_t, frames: u64) -
 ///   nothing. `populate = false`: records the region; each page gets a zeroed
 ///   frame on its first `axalloc_handle_fault` (or `axalloc_write`).
 /// - `flags`: map flags, `AXALLOC_READ` required, plus any of WRITE, EXEC,
-///   DEVICE.
+///   DEVICE, and `AXALLOC_HUGE` (2 MiB pages, see there).
 ///
 /// Returns:
 /// - `AXALLOC_OK`.
@@ -828,9 +863,12 @@ pub unsafe extern "C" fn axalloc_reserve(r#as: *mut axalloc_as_t, frames: u64) -
 /// - `AXALLOC_ERR_EXISTS`: the range overlaps a region.
 /// - `AXALLOC_ERR_BUSY`: a map/unmap/write-populate in flight overlaps the
 ///   range (retry after it returns).
+/// - `AXALLOC_ERR_UNSUPPORTED`: `AXALLOC_HUGE` without an `alloc_contig`
+///   hook (checked after the range).
 /// - `AXALLOC_ERR_LIMIT`: the address space already holds its maximum of
 ///   6,528 regions.
-/// - `AXALLOC_ERR_NO_MEMORY`: `alloc_frame` failed.
+/// - `AXALLOC_ERR_NO_MEMORY`: `alloc_frame` failed (a failed
+///   `alloc_contig` falls back to `alloc_frame`).
 /// - `AXALLOC_ERR_HOOK`: a hook broke its contract.
 /// - `AXALLOC_ERR_INTERNAL`: a broken invariant (a bug).
 ///
@@ -853,9 +891,11 @@ pub unsafe extern "C" fn axalloc_map_alloc(
     flags: u32,
     populate: bool,
 ) -> axalloc_status_t {
-    let (Some(s), Some(flags)) = (space(r#as), Flags::from_bits(flags)) else {
+    let huge = flags & AXALLOC_HUGE != 0;
+    let (Some(s), Some(flags)) = (space(r#as), Flags::from_bits(flags & !AXALLOC_HUGE)) else {
         return AXALLOC_ERR_INVALID;
     };
+    let flags = if huge { flags.with(Flags::HUGE) } else { flags };
     status(s.map_alloc(gpa, size, flags, populate))
 }
 
@@ -981,8 +1021,12 @@ pub unsafe extern "C" fn axalloc_prefault(
 /// free page reporting: Xen's decrease_reservation, `MADV_DONTNEED`). The
 /// range stays mapped lazily: the next access faults in a fresh zeroed
 /// frame. Works on populated regions too; never-touched pages need nothing.
-/// Calls `flush_tlb` at most once, covering every removed present entry, and
-/// only then gives the frames and emptied table frames back.
+/// Calls `flush_tlb` at most once, covering every removed present entry (and
+/// the whole 2 MiB of a block it gives back), and only then gives the frames,
+/// blocks and emptied table frames back. A 2 MiB page (`AXALLOC_HUGE`) the
+/// range covers in part is split first (with `AXALLOC_FORMAT_ARM_S2` by
+/// break-before-make: one more flush, as `axalloc_unmap`); its block goes
+/// back once none of its pages is mapped.
 ///
 /// Returns:
 /// - `AXALLOC_OK`.
@@ -993,6 +1037,8 @@ pub unsafe extern "C" fn axalloc_prefault(
 ///   changed).
 /// - `AXALLOC_ERR_BUSY`: a map, unmap or discard in flight overlaps the
 ///   range (retry; nothing changed).
+/// - `AXALLOC_ERR_NO_MEMORY`: splitting a 2 MiB page at an edge needed a
+///   table frame and `alloc_frame` failed (nothing changed).
 /// - `AXALLOC_ERR_HOOK`: a hook broke its contract while frames were being
 ///   given back (the pages are gone from the table by then).
 /// - `AXALLOC_ERR_INTERNAL`: a broken invariant (a bug).
@@ -1536,6 +1582,9 @@ fn buffer_mut<'a>(buf: *mut c_void, len: usize) -> Option<&'a mut [u8]> {
 ///   overflows.
 /// - `AXALLOC_ERR_NOT_MAPPED`: part of the range lies in no region (nothing
 ///   is copied).
+/// - `AXALLOC_ERR_BUSY`: a page of the range is being discarded, unmapped
+///   or split (Arm break-before-make), or filled by a prefault, right now;
+///   retry (nothing copied is meaningful).
 /// - `AXALLOC_ERR_ACCESS`: a DEVICE region lies in the range.
 /// - `AXALLOC_ERR_HOOK`: `phys_to_virt` broke its contract (`buf` may be
 ///   partly written).

@@ -15,8 +15,13 @@ impl Flags {
     pub const EXEC: Self = Self(1 << 2);
     /// Device / uncached memory type instead of write-back.
     pub const DEVICE: Self = Self(1 << 3);
-    /// Every defined bit.
+    /// Every bit that shapes a leaf (`HUGE` does not).
     pub const ALL: Self = Self(0xf);
+    /// Alloc regions only (`AXALLOC_HUGE`): 2 MiB-aligned 2 MiB parts are
+    /// backed by 2 MiB blocks from `alloc_contig`. Never accepted by
+    /// [`Flags::from_bits`]: only `axalloc_map_alloc` adds it, with
+    /// [`Flags::with`].
+    pub const HUGE: Self = Self(1 << 4);
     /// The access kinds (what a fault may ask for).
     pub const RWX: Self = Self(0x7);
 
@@ -27,6 +32,11 @@ impl Flags {
         } else {
             Some(Self(bits))
         }
+    }
+
+    /// `self` with `other`'s bits too.
+    pub const fn with(self, other: Self) -> Self {
+        Self(self.0 | other.0)
     }
 
     /// The raw bits.

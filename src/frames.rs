@@ -12,10 +12,14 @@ use core::sync::atomic::Ordering;
 
 use crate::addr::{FRAME_SIZE, Hpa};
 use crate::error::Result;
+use crate::format::{BLOCK_ORDER, BLOCK_SIZE};
 use crate::hooks::Hooks;
 use crate::reserve::Reserve;
 use crate::stats::Counters;
 use crate::zero;
+
+/// 4 KiB frames in a 2 MiB block.
+const BLOCK_FRAMES: i64 = (BLOCK_SIZE / FRAME_SIZE) as i64;
 
 /// A zeroed guest frame for a fault (the lean path in `backend/fast_fault.rs`
 /// and, through [`Frames::alloc_guest`], the general one): from the zeroed
@@ -57,6 +61,7 @@ pub struct Frames<'a> {
     reserve: Option<&'a Reserve>,
     tables: Cell<i64>,
     guests: Cell<i64>,
+    blocks: Cell<i64>,
 }
 
 impl<'a> Frames<'a> {
@@ -76,6 +81,7 @@ impl<'a> Frames<'a> {
             reserve,
             tables: Cell::new(0),
             guests: Cell::new(0),
+            blocks: Cell::new(0),
         }
     }
 
@@ -186,6 +192,48 @@ impl<'a> Frames<'a> {
         Ok(())
     }
 
+    /// A 2 MiB guest block from `alloc_contig(9)`, **not zeroed yet** (the
+    /// caller zeroes it with [`Frames::zero_guest_block`] before any entry
+    /// reaches it). Counts 512 guest frames and one huge page.
+    /// `Err(NoMemory)` when the host has no block: callers fall back to
+    /// 4 KiB frames.
+    pub fn alloc_guest_block(&self) -> Result<Hpa> {
+        let hpa = self.hooks.alloc_contig(BLOCK_ORDER)?;
+        self.guests.set(self.guests.get() + BLOCK_FRAMES);
+        self.blocks.set(self.blocks.get() + 1);
+        Ok(hpa)
+    }
+
+    /// Zeroes a block from [`Frames::alloc_guest_block`] with streaming
+    /// stores (the bulk path: 2 MiB would only evict the cache); run
+    /// [`zero::streaming_fence`] before it becomes reachable (a map's commit
+    /// does, once; a fault right after this). `phys_to_virt` of the first
+    /// frame (or the direct map) shows the whole block contiguously, per the
+    /// hook's contract.
+    pub fn zero_guest_block(&self, hpa: Hpa) -> Result {
+        if !self.frames_zeroed {
+            let p = self.hooks.virt(hpa)?;
+            for i in 0..BLOCK_FRAMES as usize {
+                // SAFETY: frame `i` of a block of ours that no present entry
+                // reaches yet, contiguous in the host's view (the hook
+                // contract), 4 KiB aligned (`Hooks::virt` checked the first).
+                unsafe { zero::zero_frame_streaming(p.add(i * FRAME_SIZE)) };
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives back a block from [`Frames::alloc_guest_block`], whole.
+    ///
+    /// # Safety
+    /// As [`Frames::free_table`], for every frame of the block.
+    pub unsafe fn free_guest_block(&self, hpa: Hpa) {
+        self.guests.set(self.guests.get() - BLOCK_FRAMES);
+        self.blocks.set(self.blocks.get() - 1);
+        // SAFETY: per the contract.
+        unsafe { self.hooks.free_contig(hpa, BLOCK_ORDER) };
+    }
+
     /// A zeroed guest frame for a fault: zeroed with ordinary stores, so the
     /// lines are in the cache when the guest touches the page right after the
     /// fault, and no fence is needed (the install's Release orders them).
@@ -252,6 +300,12 @@ impl Drop for Frames<'_> {
             self.counters
                 .guest_frames
                 .fetch_add(g as u64, Ordering::Relaxed);
+        }
+        let b = self.blocks.get();
+        if b != 0 {
+            self.counters
+                .huge_pages
+                .fetch_add(b as u64, Ordering::Relaxed);
         }
     }
 }

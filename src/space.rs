@@ -457,6 +457,10 @@ impl AddrSpace {
     /// first fault.
     pub fn map_alloc(&self, gpa: u64, size: u64, flags: Flags, populate: bool) -> Result {
         let (start, end) = self.config.range(gpa, size)?;
+        let huge = flags.contains(Flags::HUGE);
+        if huge && !self.hooks.has_contig() {
+            return Err(Error::Unsupported);
+        }
         let region = Region {
             start,
             end,
@@ -465,7 +469,8 @@ impl AddrSpace {
         };
         if populate {
             return with_format!(self.config.format, F => {
-                self.map_prepared::<F, _>(region, Populate::<F>::new(self.config.mapping(flags)))
+                let src = Populate::<F>::new(self.config.mapping(flags), huge);
+                self.map_prepared::<F, _>(region, src)
             });
         }
         let mut spare = Spare::new();
@@ -593,12 +598,11 @@ impl AddrSpace {
                 return Err(e);
             }
         };
-        // Arm break-before-make (a second flush at most: the removal's,
-        // below).
         let mut claim = claim;
-        let broke;
-        (m, broke) = self.break_edges::<F>(&w, m, &mut claim, (start, end), !pool.is_empty());
-        if let Err(e) = broke {
+        let (mut m, split) = self.split_edges_locked(&w, m, &mut claim, (start, end), &mut pool);
+        // Commit: cannot fail short of a broken invariant (or a failed
+        // break-before-make, which changed nothing).
+        if let Err(e) = split {
             m.claims.release(claim);
             m.regions.shrink(&mut spare);
             drop(m);
@@ -606,11 +610,7 @@ impl AddrSpace {
             spare.free(&self.hooks);
             return Err(e);
         }
-        // Commit: cannot fail short of a broken invariant.
-        let x = m.token();
-        let split = w
-            .split_edges(&x, start, end, &mut pool)
-            .and_then(|()| m.regions.remove_range(start, end, &mut spare));
+        let split = m.regions.remove_range(start, end, &mut spare);
         let mut ctx = Unmapping {
             space: self,
             guard: Some(m),
@@ -631,46 +631,52 @@ impl AddrSpace {
         result
     }
 
-    /// Arm break-before-make before an edge split (formats with
-    /// `BREAK_BEFORE_MAKE`, when `splits` — tables were reserved for one):
-    /// the blocks the edges of `[start, end)` split go invalid, `claim` is
-    /// widened over them (no other operation may meet the parked entries),
-    /// and they are flushed with no lock held — `m` is released and retaken —
-    /// before the caller's `split_edges` links the tables replacing them.
-    /// Faults there are spurious meanwhile (frozen). On error the caller
-    /// cleans up, under the returned guard.
-    fn break_edges<'s, F: Format>(
+    /// Splits the huge leaves (linear 2 MiB / 1 GiB leaves, 2 MiB guest
+    /// blocks) that `start` or `end` cuts, so both become leaf boundaries —
+    /// for unmap, discard and protect. Called with the exclusive lock `m`,
+    /// the operation's `claim` over the range and the tables the splits need
+    /// in `pool` ([`Walker::split_tables_needed`]); gives the lock back
+    /// (re-taken when it had to be released). With break-before-make (Arm)
+    /// the blocks the edges split go invalid and are flushed — with no lock
+    /// held, as every flush — before the tables replacing them are linked;
+    /// the claim is widened over them first, so no other operation meets the
+    /// parked entries (faults there are spurious meanwhile). That is one
+    /// flush more than the operation's own at most. On error nothing
+    /// changed.
+    fn split_edges_locked<'s, F: Format>(
         &'s self,
         w: &Walker<'_, F>,
         mut m: WriteGuard<'s, Maps>,
         claim: &mut Claim,
         (start, end): (Gpa, Gpa),
-        splits: bool,
+        pool: &mut TablePool,
     ) -> (WriteGuard<'s, Maps>, Result) {
-        if !F::BREAK_BEFORE_MAKE || !splits {
-            return (m, Ok(()));
+        if F::BREAK_BEFORE_MAKE && !pool.is_empty() {
+            let x = m.token();
+            let broke = w.break_edges(&x, start, end).and_then(|(lo, hi)| {
+                if lo < hi {
+                    m.claims
+                        .widen(claim, Gpa::from_usize(lo), Gpa::from_usize(hi))?;
+                }
+                Ok((lo, hi))
+            });
+            match broke {
+                Ok((lo, hi)) if lo < hi => {
+                    drop(m);
+                    let (base, wend) = (self.config.base.as_usize(), self.config.end());
+                    let (lo, hi) = (lo.max(base), hi.min(wend));
+                    if lo < hi {
+                        self.hooks.flush(lo as u64, (hi - lo) as u64);
+                    }
+                    m = self.lock_exclusive();
+                }
+                Ok(_) => {}
+                Err(e) => return (m, Err(e)),
+            }
         }
         let x = m.token();
-        let broke = w.break_edges(&x, start, end).and_then(|(lo, hi)| {
-            if lo < hi {
-                m.claims
-                    .widen(claim, Gpa::from_usize(lo), Gpa::from_usize(hi))?;
-            }
-            Ok((lo, hi))
-        });
-        match broke {
-            Ok((lo, hi)) if lo < hi => {
-                drop(m);
-                let (base, wend) = (self.config.base.as_usize(), self.config.end());
-                let (lo, hi) = (lo.max(base), hi.min(wend));
-                if lo < hi {
-                    self.hooks.flush(lo as u64, (hi - lo) as u64);
-                }
-                (self.lock_exclusive(), Ok(()))
-            }
-            Ok(_) => (m, Ok(())),
-            Err(e) => (m, Err(e)),
-        }
+        let r = w.split_edges(&x, start, end, pool);
+        (m, r)
     }
 
     /// Changes the guest's rights on `[gpa, gpa + size)`, which regions must
@@ -728,11 +734,11 @@ impl AddrSpace {
         let result = got.and_then(|()| {
             // 3. The edges: huge leaves they straddle become tables.
             if splits > 0 {
-                let mut m = self.lock_exclusive();
-                let broke;
-                (m, broke) = self.break_edges::<F>(&w, m, &mut claim, (start, end), true);
-                broke?;
-                w.split_edges(&m.token(), start, end, &mut pool)?;
+                let m = self.lock_exclusive();
+                let (m, split) =
+                    self.split_edges_locked(&w, m, &mut claim, (start, end), &mut pool);
+                drop(m);
+                split?;
             }
             // 4. The entries, beside faults.
             let m = self.lock_shared();
@@ -860,12 +866,15 @@ impl AddrSpace {
                     Backend::AllocLogged => m.logs.find(page.as_usize()).map(|l| (l, &self.hooks)),
                     _ => None,
                 };
+                let huge = r.flags.contains(Flags::HUGE).then(|| {
+                    alloc::block_template::<F>(self.config.mapping(r.flags)) | F::ACCESSED
+                });
                 let done = alloc::fault_in::<F>(
                     &w,
                     m.token(),
                     (page, access),
                     r,
-                    |flags| self.leaf_template(flags),
+                    (|flags| self.leaf_template(flags), huge),
                     log,
                     &mut leftover,
                 );
@@ -999,7 +1008,18 @@ impl AddrSpace {
                     (Some(p), Some(dst)) => unsafe {
                         core::ptr::copy_nonoverlapping(p.as_ptr(), dst.as_mut_ptr(), len)
                     },
-                    (None, Some(dst)) => dst.fill(0),
+                    // Never touched: zeros. A parked entry (a discard or a
+                    // break-before-make split in flight) holds data we
+                    // cannot show now: retry.
+                    (None, Some(dst)) => {
+                        let page = Gpa::from_usize(gpa as usize + off);
+                        if let Some(f) = self.walker::<F>().find(page)?
+                            && F::is_parked(f.raw)
+                        {
+                            return Err(Error::Busy);
+                        }
+                        dst.fill(0)
+                    }
                     (_, None) => return Err(Error::Internal),
                 }
                 Ok(())
@@ -1125,31 +1145,56 @@ impl AddrSpace {
     /// unmaps, discards, prefaults and hypervisor writes out of the range.
     pub fn discard(&self, gpa: u64, size: u64) -> Result {
         let (start, end) = self.config.range(gpa, size)?;
-        with_format!(self.config.format, F => {
-            let w = self.walker::<F>();
-            let mut m = self.lock_exclusive();
-            if m.claims.overlaps(start.as_usize(), end.as_usize(), None) {
-                return Err(Error::Busy);
+        with_format!(self.config.format, F => self.discard_in::<F>(start, end))
+    }
+
+    fn discard_in<F: Format>(&self, start: Gpa, end: Gpa) -> Result {
+        let w = self.walker::<F>();
+        let mut pool = TablePool::new();
+        let m = self.lock_exclusive();
+        if m.claims.overlaps(start.as_usize(), end.as_usize(), None) {
+            return Err(Error::Busy);
+        }
+        Self::check_alloc_range(&m.regions, start, end)?;
+        // A 2 MiB block the edges cut is split into its 512 pieces first
+        // (the tables are allocated under the lock: a few at most).
+        let mut m = m;
+        let prepared = w
+            .split_tables_needed(start, end)
+            .and_then(|n| w.reserve_tables(n, &mut pool))
+            .and_then(|()| m.claims.claim(start, end, Purpose::Unmap));
+        let mut claim = match prepared {
+            Ok(c) => c,
+            Err(e) => {
+                drop(m);
+                w.release_pool(&mut pool);
+                return Err(e);
             }
-            Self::check_alloc_range(&m.regions, start, end)?;
-            // Alloc regions hold 4 KiB leaves only: nothing to split.
-            let claim = m.claims.claim(start, end, Purpose::Unmap)?;
-            let mut ctx = Unmapping {
-                space: self,
-                guard: Some(m),
-                claim,
-                discard: true,
-            };
-            let detached = w.detach(&mut ctx, start, end);
-            let Unmapping { guard, claim, .. } = ctx;
-            drop(guard);
-            let window = (self.config.base.as_usize(), self.config.end());
-            let result = detached
-                .and_then(|d| w.reclaim(d.flush(&self.hooks, window)))
-                .and_then(|()| self.discarded(start, end));
-            self.lock_exclusive().claims.release(claim);
-            result
-        })
+        };
+        let (m, split) = self.split_edges_locked(&w, m, &mut claim, (start, end), &mut pool);
+        if let Err(e) = split {
+            let mut m = m;
+            m.claims.release(claim);
+            drop(m);
+            w.release_pool(&mut pool);
+            return Err(e);
+        }
+        let mut ctx = Unmapping {
+            space: self,
+            guard: Some(m),
+            claim,
+            discard: true,
+        };
+        let detached = w.detach(&mut ctx, start, end);
+        let Unmapping { guard, claim, .. } = ctx;
+        drop(guard);
+        w.release_pool(&mut pool);
+        let window = (self.config.base.as_usize(), self.config.end());
+        let result = detached
+            .and_then(|d| w.reclaim(d.flush(&self.hooks, window)))
+            .and_then(|()| self.discarded(start, end));
+        self.lock_exclusive().claims.release(claim);
+        result
     }
 
     /// Validates a byte range for read/write; `None` when it is empty.

@@ -11,6 +11,9 @@ pub struct Counters {
     /// 4 KiB frames backing alloc regions, *minus* the faults that installed
     /// frames (wrapping): the lock counts those, see `sync.rs`.
     pub guest_frames: AtomicU64,
+    /// 2 MiB blocks held (`AXALLOC_HUGE`), each also counted as 512
+    /// `guest_frames`.
+    pub huge_pages: AtomicU64,
 }
 
 /// A snapshot, as the C API reports it.
@@ -28,6 +31,9 @@ pub struct Stats {
     pub faults: u64,
     /// Zeroed frames held in the reserve, ready for faults.
     pub reserve_frames: u64,
+    /// 2 MiB guest blocks held, mapped whole or in part (each also counts
+    /// 512 `guest_frames`).
+    pub huge_pages: u64,
 }
 
 impl Counters {
@@ -43,6 +49,7 @@ impl Counters {
             table_frames: self.table_frames.load(Ordering::Relaxed),
             faults,
             reserve_frames: 0,
+            huge_pages: self.huge_pages.load(Ordering::Relaxed),
         }
     }
 }

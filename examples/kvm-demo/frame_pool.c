@@ -48,8 +48,63 @@ void pool_fini(struct frame_pool *p)
 {
     free(p->in_pool);
     free(p->ring);
+    free(p->block_out);
     p->in_pool = NULL;
     p->ring = NULL;
+    p->block_out = NULL;
+}
+
+#define BLOCK_SIZE (512ull * PAGE_SIZE)
+
+int pool_add_blocks(struct frame_pool *p, uint64_t block_base, uint64_t nblocks)
+{
+    if (block_base % BLOCK_SIZE || block_base + nblocks * BLOCK_SIZE > p->slot_size ||
+        block_base < p->base + p->nframes * PAGE_SIZE)
+        return -1;
+    p->block_out = calloc(nblocks ? nblocks : 1, 1);
+    if (!p->block_out)
+        return -1;
+    p->block_base = block_base;
+    p->nblocks = nblocks;
+    return 0;
+}
+
+/* alloc_contig: 2 MiB blocks only (order 9, AXALLOC_HUGE); lowest free first. */
+static int32_t hook_alloc_contig(void *ctx, uint32_t order, uint64_t *hpa_out)
+{
+    struct frame_pool *p = ctx;
+    if (order != 9) {
+        p->block_errors++;
+        return -1;
+    }
+    for (uint64_t i = 0; i < p->nblocks; i++) {
+        if (p->block_out[i])
+            continue;
+        p->block_out[i] = 1;
+        p->blocks_in_use++;
+        p->block_allocs++;
+        *hpa_out = p->block_base + i * BLOCK_SIZE;
+        return 0;
+    }
+    p->alloc_failures++;
+    return -1;
+}
+
+/* free_contig: exactly a block handed out, with its order, once. */
+static void hook_free_contig(void *ctx, uint64_t hpa, uint32_t order)
+{
+    struct frame_pool *p = ctx;
+    uint64_t i = (hpa - p->block_base) / BLOCK_SIZE;
+    if (order != 9 || hpa < p->block_base || hpa % BLOCK_SIZE || i >= p->nblocks || !p->block_out[i]) {
+        p->block_errors++;
+        fprintf(stderr, "axalloc-demo: free_contig(0x%llx, %u): not a block handed out\n",
+                (unsigned long long)hpa, order);
+        return;
+    }
+    p->block_out[i] = 0;
+    p->blocks_in_use--;
+    p->block_frees++;
+    p->last_block_free_flushes = p->flushes;
 }
 
 static int32_t hook_alloc_frame(void *ctx, uint64_t *hpa_out)
@@ -175,11 +230,16 @@ axalloc_hooks_t pool_hooks(struct frame_pool *p, bool with_flush)
     h.free_frame = hook_free_frame;
     h.phys_to_virt = hook_phys_to_virt;
     h.flush_tlb = with_flush ? hook_flush_tlb : NULL;
+    if (p->nblocks) {
+        h.alloc_contig = hook_alloc_contig;
+        h.free_contig = hook_free_contig;
+    }
     return h;
 }
 
 bool pool_all_back(const struct frame_pool *p)
 {
     return p->in_use == 0 && p->count == p->nframes && p->allocs == p->frees &&
-           p->double_frees == 0 && p->foreign_frees == 0;
+           p->double_frees == 0 && p->foreign_frees == 0 && p->blocks_in_use == 0 &&
+           p->block_allocs == p->block_frees && p->block_errors == 0;
 }

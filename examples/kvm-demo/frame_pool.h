@@ -42,6 +42,14 @@ struct frame_pool {
     uint32_t hint_n;
     uint64_t hint_hpa[POOL_HINT_MAX];
 
+    /* 2 MiB blocks for AXALLOC_HUGE (alloc_contig order 9), GPA
+     * [block_base, block_base + nblocks * 2 MiB), 2 MiB aligned; none when
+     * nblocks is 0 (then the hooks have no alloc_contig). */
+    uint64_t block_base, nblocks;
+    uint8_t *block_out;     /* per block: 1 = handed out */
+    uint64_t blocks_in_use, block_allocs, block_frees, block_errors;
+    uint64_t last_block_free_flushes; /* flush count at the last free_contig */
+
     /* One watched frame: the flush count when it came back (free before flush?). */
     uint64_t watch_hpa;
     bool watch_freed;
@@ -52,6 +60,8 @@ struct frame_pool {
 int pool_init(struct frame_pool *p, uint8_t *slot_host, uint64_t slot_size,
               uint64_t base, uint64_t nframes);
 void pool_fini(struct frame_pool *p);
+/* Adds nblocks 2 MiB blocks at GPA block_base (2 MiB aligned, inside the slot). 0 = ok. */
+int pool_add_blocks(struct frame_pool *p, uint64_t block_base, uint64_t nblocks);
 
 /* The hooks for axalloc_as_create; flush_tlb is NULL when with_flush is false. */
 axalloc_hooks_t pool_hooks(struct frame_pool *p, bool with_flush);

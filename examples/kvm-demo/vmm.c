@@ -50,11 +50,12 @@ struct opts {
     bool lazy, eager;     /* which runs */
     bool no_flush;        /* diagnostic: no flush_tlb hook (the re-touch check should fail) */
     bool bad_access;      /* diagnostic: the guest touches an unmapped address at the end */
+    bool huge;            /* also a lazy run with 2 MiB pages (AXALLOC_HUGE) */
 };
 
 /* What one run (lazy or eager) measured. */
 struct result {
-    bool eager, completed;
+    bool eager, huge, completed;
     uint64_t mem, pages, seed;
     uint64_t map_ram_ns, fill_ns, verify_ns, run_ns, host_verify_ns, destroy_ns;
     uint64_t faults, faults_by_access[3];       /* READ, WRITE, EXEC */
@@ -359,12 +360,17 @@ static void print_layout(uint64_t mem, uint64_t slot_size, uint64_t pool_frames)
            slot_size, slot_size >> 20);
 }
 
-static int run_once(int kvm, const struct opts *o, bool eager, bool reserve, struct result *res)
+#define BLOCK_BYTES (2ull << 20)
+
+static int run_once(int kvm, const struct opts *o, bool eager, bool reserve, bool huge, struct result *res)
 {
     const uint64_t mem = o->mem_mib << 20, pages = mem / PAGE_SIZE;
     /* guest frames + one table per 512 pages + upper levels and library state */
     const uint64_t pool_frames = pages + pages / 256 + 512;
-    const uint64_t slot_size = POOL_GPA + pool_frames * PAGE_SIZE;
+    /* --huge: 2 MiB blocks after the frames, one per 2 MiB of RAM */
+    const uint64_t block_base = (POOL_GPA + pool_frames * PAGE_SIZE + BLOCK_BYTES - 1) & ~(BLOCK_BYTES - 1);
+    const uint64_t nblocks = huge ? mem / BLOCK_BYTES : 0;
+    const uint64_t slot_size = huge ? block_base + nblocks * BLOCK_BYTES : POOL_GPA + pool_frames * PAGE_SIZE;
     int failed_before = g_failed, ret = -1;
     struct vm v;
     struct frame_pool pool;
@@ -378,17 +384,20 @@ static int run_once(int kvm, const struct opts *o, bool eager, bool reserve, str
     v.run = NULL;
     v.vm = v.vcpu = -1;
     res->eager = eager;
+    res->huge = huge;
     res->mem = mem;
     res->pages = pages;
     res->pool_frames = pool_frames;
     res->seed = 0x9e3779b97f4a7c15ull ^ now_ns();
 
-    printf("=== %s run: %" PRIu64 " MiB of guest RAM, map_alloc(populate=%s)%s%s ===\n",
-           eager ? "eager" : "lazy", o->mem_mib, eager ? "true" : "false",
+    printf("=== %s run: %" PRIu64 " MiB of guest RAM, map_alloc(populate=%s%s)%s%s ===\n",
+           eager ? "eager" : huge ? "lazy 2 MiB" : "lazy", o->mem_mib, eager ? "true" : "false",
+           huge ? ", AXALLOC_HUGE: 2 MiB blocks from alloc_contig(9)" : "",
            reserve ? ", every page's frame zeroed ahead in axalloc_reserve" : "",
            o->no_flush ? ", WITHOUT flush_tlb hook (--no-flush)" : "");
     if (vm_create(&v, kvm, slot_size) < 0 ||
-        pool_init(&pool, v.slot, slot_size, POOL_GPA, pool_frames) < 0)
+        pool_init(&pool, v.slot, slot_size, POOL_GPA, pool_frames) < 0 ||
+        (huge && pool_add_blocks(&pool, block_base, nblocks) < 0))
         goto out;
     fault_ns = calloc(pages + 16, sizeof(*fault_ns));
     page_ns = calloc(pages + 16, sizeof(*page_ns));
@@ -419,7 +428,7 @@ static int run_once(int kvm, const struct opts *o, bool eager, bool reserve, str
         }
     }
     uint64_t t0 = now_ns();
-    st = axalloc_map_alloc(as, RAM_VA, mem, AXALLOC_READ | AXALLOC_WRITE, eager);
+    st = axalloc_map_alloc(as, RAM_VA, mem, AXALLOC_READ | AXALLOC_WRITE | (huge ? AXALLOC_HUGE : 0), eager);
     res->map_ram_ns = now_ns() - t0;
     if (st != AXALLOC_OK) {
         printf("  axalloc_map_alloc(RAM): %s\n", axalloc_status_str(st));
@@ -551,6 +560,33 @@ static int run_once(int kvm, const struct opts *o, bool eager, bool reserve, str
             }
             uint64_t psz = 0;
             st = axalloc_translate(as, val, &old_hpa, &psz);
+            if (huge) {
+                /* Discard one 4 KiB page of a 2 MiB page while the guest
+                 * runs: the block is split into 512 entries over the same
+                 * memory, the page goes lazy (its next access faults in a
+                 * zeroed 4 KiB frame), the other 511 keep their data, and
+                 * the block stays (its other pages are still mapped). */
+                check(st == AXALLOC_OK && psz == BLOCK_BYTES, "discard cycle: VA 0x%" PRIx64
+                      " is backed by a 2 MiB page (GPA 0x%" PRIx64 ") before discard", val, old_hpa);
+                pool_flush_hint(&pool, val, PAGE_SIZE, &old_hpa, 1);
+                flushes_before = pool.flushes;
+                const uint64_t block_frees = pool.block_frees;
+                st = axalloc_discard(as, val, PAGE_SIZE);
+                check(st == AXALLOC_OK, "axalloc_discard(0x%" PRIx64 ", 4 KiB) of part of a 2 MiB page -> %s", val,
+                      axalloc_status_str(st));
+                if (!o->no_flush)
+                    check(pool.flushes == flushes_before + 1 && pool.last_flush_gpa <= val &&
+                          pool.last_flush_gpa + pool.last_flush_size >= val + PAGE_SIZE,
+                          "discard called flush_tlb once over [0x%" PRIx64 ", +0x%" PRIx64 ") covering the page",
+                          pool.last_flush_gpa, pool.last_flush_size);
+                uint64_t nb = 0, nps = 0;
+                const bool gone = axalloc_translate(as, val, NULL, NULL) == AXALLOC_ERR_NOT_MAPPED;
+                const bool next = axalloc_translate(as, val + PAGE_SIZE, &nb, &nps) == AXALLOC_OK;
+                check(gone && next && nps == PAGE_SIZE && nb == old_hpa + PAGE_SIZE && pool.block_frees == block_frees,
+                      "the 2 MiB page is split over the same block: VA 0x%" PRIx64 " lazy again, its neighbour "
+                      "-> GPA 0x%" PRIx64 " (4 KiB), the block kept", val, nb);
+                break;
+            }
             check(st == AXALLOC_OK && psz == PAGE_SIZE, "unmap cycle: VA 0x%" PRIx64 " is backed by frame GPA 0x%"
                   PRIx64 " (4 KiB) before unmap", val, old_hpa);
             pool.watch_hpa = old_hpa;
@@ -584,6 +620,9 @@ static int run_once(int kvm, const struct opts *o, bool eager, bool reserve, str
                   val, val ? ": the guest still sees the old frame (stale translation)" : "");
             check(st == AXALLOC_OK, "re-touched page is backed by frame GPA 0x%" PRIx64 " (old frame 0x%" PRIx64
                   "%s)", new_hpa, old_hpa, new_hpa == old_hpa ? ", the same one" : ", a different one");
+            if (huge)
+                check(new_hpa >= POOL_GPA && new_hpa < POOL_GPA + pool_frames * PAGE_SIZE,
+                      "the discarded page of the split block came back as a 4 KiB frame from the pool");
             break;
         }
         case MMIO_DONE:
@@ -608,17 +647,18 @@ static int run_once(int kvm, const struct opts *o, bool eager, bool reserve, str
     /* ---- guest-side results */
     if (guest_mismatch == UINT64_MAX || retouch_nonzero == UINT64_MAX)
         check(false, "the guest reported every phase");
-    const uint64_t want_faults = eager ? 0 : pages + 1;
+    const uint64_t want_faults = eager ? 0 : huge ? pages / 512 + 1 : pages + 1;
     check(nfault == want_faults, "guest #PF handled: %" PRIu64 " (read %" PRIu64 ", write %" PRIu64 ", exec %" PRIu64
           "); expected %" PRIu64 " = %s", nfault, res->faults_by_access[0], res->faults_by_access[1],
-          res->faults_by_access[2], want_faults, eager ? "none, all populated" : "one per page + the re-touch");
+          res->faults_by_access[2], want_faults,
+          eager ? "none, all populated" : huge ? "one per 2 MiB + the re-touch" : "one per page + the re-touch");
 
     /* ---- host-side verification through the library */
     const size_t chunk = 1 << 20;
     buf = malloc(chunk);
     if (!buf)
         goto out;
-    uint64_t host_bad = 0, read_err = 0, present = 0, not_4k = 0;
+    uint64_t host_bad = 0, read_err = 0, present = 0, not_4k = 0, in_blocks = 0;
     t0 = now_ns();
     for (uint64_t off = 0; off < mem; off += chunk) {
         size_t n = mem - off < chunk ? (size_t)(mem - off) : chunk;
@@ -634,30 +674,43 @@ static int run_once(int kvm, const struct opts *o, bool eager, bool reserve, str
         uint64_t hpa, psz;
         if (axalloc_translate(as, RAM_VA + pg * PAGE_SIZE, &hpa, &psz) == AXALLOC_OK) {
             present++;
-            not_4k += psz != PAGE_SIZE || hpa < POOL_GPA || hpa >= POOL_GPA + pool_frames * PAGE_SIZE;
+            bool block = huge && hpa >= block_base && hpa < block_base + nblocks * BLOCK_BYTES;
+            in_blocks += block;
+            not_4k += !block && (psz != PAGE_SIZE || hpa < POOL_GPA || hpa >= POOL_GPA + pool_frames * PAGE_SIZE);
         }
     }
     check(read_err == 0 && host_bad == 0, "host verified all %" PRIu64 " MiB with axalloc_read: %" PRIu64
           " mismatching qwords, %" PRIu64 " failed reads (%.1f ms)", o->mem_mib, host_bad, read_err,
           ms(res->host_verify_ns));
-    check(present == pages && not_4k == 0, "axalloc_translate: %" PRIu64 "/%" PRIu64
-          " RAM pages present, all 4 KiB frames from the pool", present, pages);
+    if (huge)
+        check(present == pages && not_4k == 0 && in_blocks == pages - 1,
+              "axalloc_translate: %" PRIu64 "/%" PRIu64 " RAM pages present, %" PRIu64
+              " in 2 MiB blocks, the re-touched one a 4 KiB frame from the pool", present, pages, in_blocks);
+    else
+        check(present == pages && not_4k == 0, "axalloc_translate: %" PRIu64 "/%" PRIu64
+              " RAM pages present, all 4 KiB frames from the pool", present, pages);
 
     /* ---- the library's counters vs. the pool's */
     st = axalloc_as_stats(as, &res->stats);
     const axalloc_stats_t *s = &res->stats;
-    check(st == AXALLOC_OK && s->guest_frames == pages, "axalloc_as_stats: %" PRIu64 " regions, %" PRIu64
-          " MiB mapped, guest_frames %" PRIu64 ", table_frames %" PRIu64 ", faults %" PRIu64,
-          s->regions, s->mapped_bytes >> 20, s->guest_frames, s->table_frames, s->faults);
+    check(st == AXALLOC_OK && s->guest_frames == pages + (huge ? 1 : 0) && s->huge_pages == nblocks,
+          "axalloc_as_stats: %" PRIu64 " regions, %" PRIu64 " MiB mapped, guest_frames %" PRIu64
+          ", table_frames %" PRIu64 ", faults %" PRIu64 ", huge_pages %" PRIu64,
+          s->regions, s->mapped_bytes >> 20, s->guest_frames, s->table_frames, s->faults, s->huge_pages);
     check(s->faults == nfault, "library fault counter (%" PRIu64 ") = faults the VMM handled (%" PRIu64 ")",
           s->faults, nfault);
     res->pool_in_use = pool.in_use;
     res->pool_peak = pool.peak;
-    check(pool.in_use >= s->guest_frames + s->table_frames,
+    if (huge)
+        check(pool.blocks_in_use == nblocks, "pool blocks in use: %" PRIu64 " of %" PRIu64
+              " (%" PRIu64 " alloc_contig calls, %" PRIu64 " free_contig)", pool.blocks_in_use, nblocks,
+              pool.block_allocs, pool.block_frees);
+    check(pool.in_use + 512 * pool.blocks_in_use >= s->guest_frames + s->table_frames,
           "pool frames in use: %" PRIu64 " = %" PRIu64 " guest + %" PRIu64 " page-table + %" PRIu64
           " library state (peak %" PRIu64 ", %" PRIu64 " allocs, %" PRIu64 " frees so far)",
-          pool.in_use, s->guest_frames, s->table_frames,
-          pool.in_use - s->guest_frames - s->table_frames, pool.peak, pool.allocs, pool.frees);
+          pool.in_use + 512 * pool.blocks_in_use, s->guest_frames, s->table_frames,
+          pool.in_use + 512 * pool.blocks_in_use - s->guest_frames - s->table_frames, pool.peak, pool.allocs,
+          pool.frees);
 
     /* ---- tear down: every frame must come back exactly once */
     const uint64_t flushes_pre_destroy = pool.flushes;
@@ -668,6 +721,10 @@ static int run_once(int kvm, const struct opts *o, bool eager, bool reserve, str
     check(pool_all_back(&pool), "after axalloc_as_destroy all %" PRIu64 " pool frames are back: %" PRIu64
           " allocs, %" PRIu64 " frees, %" PRIu64 " double, %" PRIu64 " foreign, %" PRIu64 " still out",
           pool.nframes, pool.allocs, pool.frees, pool.double_frees, pool.foreign_frees, pool.in_use);
+    if (huge)
+        check(pool.blocks_in_use == 0 && pool.block_errors == 0 && pool.last_block_free_flushes > flushes_pre_destroy,
+              "and all %" PRIu64 " 2 MiB blocks, each through free_contig once, after the flush "
+              "(%" PRIu64 " bad free_contig)", nblocks, pool.block_errors);
     if (!o->no_flush)
         check(pool.flushes == flushes_pre_destroy + 1 && pool.flush_errors == 0,
               "destroy called flush_tlb once over [0x%" PRIx64 ", +0x%" PRIx64 "): whole memslot, %.1f ms; "
@@ -704,7 +761,8 @@ out:
     pool_fini(&pool);
     vm_destroy(&v);
     res->failed = g_failed - failed_before;
-    printf("  => %s run: %s\n\n", eager ? "eager" : "lazy", res->failed ? "FAILED" : "all checks passed");
+    printf("  => %s run: %s\n\n", eager ? "eager" : huge ? "lazy 2 MiB" : "lazy",
+           res->failed ? "FAILED" : "all checks passed");
     return ret;
 }
 
@@ -713,12 +771,15 @@ out:
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: axalloc-demo [--mem-mib N] [--lazy | --eager] [--no-flush] [--bad-access]\n"
+            "usage: axalloc-demo [--mem-mib N] [--lazy | --eager] [--huge] [--no-flush] [--bad-access]\n"
             "  Runs a KVM guest whose x86-64 page table is built by libaxalloc; the guest\n"
             "  touches, writes and verifies every page of its RAM; the host verifies it too.\n"
             "  --mem-mib N   guest RAM size (default 64)\n"
             "  --lazy        only the lazy run (map_alloc populate=false, one #PF per page)\n"
             "  --eager       only the eager run (populate=true); default: lazy, then eager\n"
+            "  --huge        lazy runs with 4 KiB and with 2 MiB guest pages (AXALLOC_HUGE,\n"
+            "                blocks from alloc_contig), compared; the 2 MiB run discards one\n"
+            "                4 KiB page of a 2 MiB page while the guest runs\n"
             "  --no-flush    diagnostic: no flush_tlb hook; the unmap -> re-touch check then\n"
             "                shows the stale translation this KVM keeps (expected to FAIL)\n"
             "  --bad-access  diagnostic: the guest finally reads an unmapped address, which\n"
@@ -747,6 +808,8 @@ int main(int argc, char **argv)
             o.no_flush = true;
         } else if (!strcmp(argv[i], "--bad-access")) {
             o.bad_access = true;
+        } else if (!strcmp(argv[i], "--huge")) {
+            o.huge = true;
         } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             usage(stdout);
             return 0;
@@ -760,6 +823,10 @@ int main(int argc, char **argv)
         o.eager = only_eager;
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (o.huge && o.mem_mib % 2) {
+        fprintf(stderr, "axalloc-demo: --huge wants an even --mem-mib (whole 2 MiB pages)\n");
+        return 2;
+    }
 
     int kvm = kvm_probe();
     if (kvm < 0)
@@ -770,14 +837,33 @@ int main(int argc, char **argv)
     const uint64_t pages = (o.mem_mib << 20) / PAGE_SIZE, pool_frames = pages + pages / 256 + 512;
     print_layout(o.mem_mib << 20, POOL_GPA + pool_frames * PAGE_SIZE, pool_frames);
 
-    struct result lazy = { 0 }, reserved = { 0 }, eager = { 0 };
+    struct result lazy = { 0 }, reserved = { 0 }, eager = { 0 }, huge = { 0 };
     if (o.lazy) {
-        run_once(kvm, &o, false, false, &lazy);
-        run_once(kvm, &o, false, true, &reserved);
+        run_once(kvm, &o, false, false, false, &lazy);
+        if (!o.huge)
+            run_once(kvm, &o, false, true, false, &reserved);
     }
-    if (o.eager)
-        run_once(kvm, &o, true, false, &eager);
+    if (o.huge)
+        run_once(kvm, &o, false, false, true, &huge);
+    if (o.eager && !o.huge)
+        run_once(kvm, &o, true, false, false, &eager);
     close(kvm);
+
+    if (lazy.completed && huge.completed) {
+        printf("=== 4 KiB vs 2 MiB guest pages (lazy), %" PRIu64 " MiB ===\n", o.mem_mib);
+        printf("                                    4 KiB pages   2 MiB pages\n");
+        printf("  guest #PF handled              %10" PRIu64 "     %10" PRIu64 "\n", lazy.faults, huge.faults);
+        printf("  guest first-touch fill         %10.1f ms  %10.1f ms\n", ms(lazy.fill_ns), ms(huge.fill_ns));
+        printf("  axalloc_handle_fault median    %10.2f us  %10.2f us\n", us(lazy.fault_median_ns),
+               us(huge.fault_median_ns));
+        printf("  axalloc_handle_fault total     %10.1f ms  %10.1f ms\n", ms(lazy.fault_total_ns),
+               ms(huge.fault_total_ns));
+        printf("  guest frames / table frames    %6" PRIu64 " / %-4" PRIu64 "  %6" PRIu64 " / %-4" PRIu64 "\n",
+               lazy.stats.guest_frames, lazy.stats.table_frames, huge.stats.guest_frames, huge.stats.table_frames);
+        printf("  huge_pages                     %10" PRIu64 "     %10" PRIu64 "\n", lazy.stats.huge_pages,
+               huge.stats.huge_pages);
+        printf("\n");
+    }
 
     if (lazy.completed && eager.completed) {
         printf("=== lazy vs eager, %" PRIu64 " MiB (%" PRIu64 " pages) ===\n", o.mem_mib, lazy.pages);

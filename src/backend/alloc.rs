@@ -18,23 +18,47 @@ use crate::format::{self, Format};
 use crate::frames::Frames;
 use crate::hooks::Hooks;
 use crate::logs::{Log, Logs, Map};
-use crate::region::{Region, RegionSet};
+use crate::region::{Backend, Region, RegionSet};
 use crate::sync::Shared;
 use crate::table::install::{Installed, Probe};
 use crate::table::map::LeafSource;
 use crate::table::{TablePool, Walker};
+use crate::zero;
 
 /// Leaves for eager population of a new region.
 pub struct Populate<F: Format> {
     template: u64,
+    /// The owned-block 2 MiB leaf with address 0 (`AXALLOC_HUGE`), or none.
+    huge: Option<u64>,
     _format: PhantomData<F>,
 }
 
+/// The 2 MiB block leaf with address 0 of a region with `flags`.
+pub fn block_template<F: Format>(flags: MappingFlags) -> u64 {
+    format::leaf::<F>(Hpa::from_usize(0), flags, 1, false) | F::BLOCK
+}
+
+/// A 2 MiB block leaf for the slot at `level` if it is a block slot
+/// (level 1) of a huge region: `Ok(None)` when the host has no block
+/// (fall back to 4 KiB frames); the block is zeroed by the walker.
+fn block_leaf<F: Format>(frames: &Frames<'_>, template: u64, level: usize) -> Result<Option<u64>> {
+    if level != 1 {
+        return Ok(None);
+    }
+    match frames.alloc_guest_block() {
+        Ok(hpa) => Ok(Some(format::with_addr::<F>(template, hpa))),
+        Err(Error::NoMemory) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 impl<F: Format> Populate<F> {
-    /// A source of zeroed frames mapped with `flags`.
-    pub fn new(flags: MappingFlags) -> Self {
+    /// A source of zeroed frames mapped with `flags`; with `huge`, 2 MiB
+    /// blocks wherever a whole aligned 2 MiB part lies in the region.
+    pub fn new(flags: MappingFlags, huge: bool) -> Self {
         Self {
             template: format::leaf::<F>(Hpa::from_usize(0), flags, 0, true),
+            huge: huge.then(|| block_template::<F>(flags)),
             _format: PhantomData,
         }
     }
@@ -44,8 +68,14 @@ impl<F: Format> LeafSource<F> for Populate<F> {
     const FILL_HOLES: bool = false;
 
     fn huge_ok(&self, _gpa: Gpa, _level: usize) -> bool {
-        // 4 KiB frames only, until 2 MiB pages from alloc_contig arrive.
         false
+    }
+
+    fn huge_leaf(&mut self, frames: &Frames<'_>, _gpa: Gpa, level: usize) -> Result<Option<u64>> {
+        match self.huge {
+            Some(t) => block_leaf::<F>(frames, t, level),
+            None => Ok(None),
+        }
     }
 
     #[inline]
@@ -104,6 +134,24 @@ impl<F: Format> LeafSource<F> for Fill<'_, F> {
         false
     }
 
+    fn huge_leaf(&mut self, frames: &Frames<'_>, gpa: Gpa, level: usize) -> Result<Option<u64>> {
+        let Some(region) = self.regions.find(gpa) else {
+            return Err(Error::Internal);
+        };
+        let end = gpa.as_usize() + format::level_size(level);
+        if region.backend != Backend::Alloc
+            || !region.flags.contains(Flags::HUGE)
+            || end > region.end.as_usize()
+        {
+            return Ok(None);
+        }
+        block_leaf::<F>(
+            frames,
+            block_template::<F>(self.mapping(region.flags)),
+            level,
+        )
+    }
+
     fn leaf(&mut self, frames: &Frames<'_>, gpa: Gpa, _level: usize) -> Result<u64> {
         // Linear regions are always fully present: only alloc pages are holes.
         let region = self.regions.find(gpa).ok_or(Error::Internal)?;
@@ -112,17 +160,24 @@ impl<F: Format> LeafSource<F> for Fill<'_, F> {
         }
         let rights = self.logged(gpa, region.flags.bits() & Flags::RWX.bits())?;
         let hpa = frames.alloc_guest_unzeroed()?;
-        let mut flags = Flags::from_bits(rights | (region.flags.bits() & Flags::DEVICE.bits()))
-            .ok_or(Error::Internal)?
-            .to_mapping();
-        if !self.device {
-            flags -= page_table_multiarch::MappingFlags::DEVICE;
-        }
-        Ok(format::leaf::<F>(hpa, flags, 0, true))
+        let flags = Flags::from_bits(rights | (region.flags.bits() & Flags::DEVICE.bits()))
+            .ok_or(Error::Internal)?;
+        Ok(format::leaf::<F>(hpa, self.mapping(flags), 0, true))
     }
 
     fn lazy_rights(&mut self, gpa: Gpa, rights: u32) -> Result<u32> {
         self.logged(gpa, rights)
+    }
+}
+
+impl<F: Format> Fill<'_, F> {
+    /// The encoder's view of a region's flags here.
+    fn mapping(&self, flags: Flags) -> MappingFlags {
+        let mut m = flags.to_mapping();
+        if !self.device {
+            m -= MappingFlags::DEVICE;
+        }
+        m
     }
 }
 
@@ -140,6 +195,8 @@ pub enum Faulted {
 /// given back after the lock is released.
 pub struct Leftover {
     frame: Option<Hpa>,
+    /// A 2 MiB block that lost its install race.
+    block: Option<Hpa>,
     pool: TablePool,
 }
 
@@ -148,8 +205,14 @@ impl Leftover {
     pub const fn new() -> Self {
         Self {
             frame: None,
+            block: None,
             pool: TablePool::new(),
         }
+    }
+
+    /// Tables held for the install.
+    fn pool_len(&self) -> usize {
+        self.pool.len()
     }
 
     /// Gives everything back (call with no lock held).
@@ -158,6 +221,10 @@ impl Leftover {
         if let Some(hpa) = self.frame.take() {
             // SAFETY: obtained by the fault and never installed.
             unsafe { walker.frames().discard_guest(hpa) };
+        }
+        if let Some(hpa) = self.block.take() {
+            // SAFETY: obtained by the fault and never installed.
+            unsafe { walker.frames().free_guest_block(hpa) };
         }
         if !self.pool.is_empty() {
             walker.release_pool(&mut self.pool);
@@ -189,12 +256,19 @@ impl Default for Leftover {
 ///
 /// This is the general path; the common case — every table present, the
 /// 4 KiB entry empty — was tried first by `fast_fault.rs`.
+///
+/// `huge` is the region's 2 MiB block leaf with address 0 when it has
+/// `AXALLOC_HUGE`: a fault in a 2 MiB-aligned part inside the region whose
+/// level-1 entry is empty (no 4 KiB page of it present, nor ever linked
+/// since) installs a zeroed block there; without a block from the host it
+/// falls back to a 4 KiB frame.
+#[allow(clippy::too_many_arguments)]
 pub fn fault_in<F: Format>(
     walker: &Walker<'_, F>,
-    _locked: Shared<'_>,
+    locked: Shared<'_>,
     (gpa, access): (Gpa, Access),
     region: &Region,
-    template: impl Fn(Flags) -> u64,
+    (template, huge): (impl Fn(Flags) -> u64, Option<u64>),
     log: Option<(&Log, &Hooks)>,
     leftover: &mut Leftover,
 ) -> Result<Faulted> {
@@ -275,7 +349,14 @@ pub fn fault_in<F: Format>(
     }
     let flags = install;
     if let Probe::Missing(n) = probe {
-        walker.reserve_tables(n, &mut leftover.pool)?;
+        // A 2 MiB part with no leaf table yet gets a block (`AXALLOC_HUGE`;
+        // never while logged: logging tracks 4 KiB pages).
+        if let Some(t) = huge.filter(|_| log.is_none() && flags == region.flags)
+            && let Some(done) = fault_block(walker, locked, gpa, region, t, n, leftover)?
+        {
+            return Ok(done);
+        }
+        walker.reserve_tables(n - leftover.pool_len(), &mut leftover.pool)?;
     }
     let frames = walker.frames();
     let hpa = frames.alloc_guest()?;
@@ -304,6 +385,52 @@ pub fn fault_in<F: Format>(
         other => {
             leftover.frame = Some(hpa);
             other.map(|_| Faulted::Spurious)
+        }
+    }
+}
+
+/// The huge part of [`fault_in`]: the level-1 entry of `gpa`'s 2 MiB part
+/// is empty (`missing` tables down to a 4 KiB entry, so `missing - 1` above
+/// it). `Ok(None)`: not a block part, or no block from the host — take a
+/// 4 KiB frame (the tables reserved here stay in `leftover.pool`).
+fn fault_block<F: Format>(
+    walker: &Walker<'_, F>,
+    _locked: Shared<'_>,
+    gpa: Gpa,
+    region: &Region,
+    template: u64,
+    missing: usize,
+    leftover: &mut Leftover,
+) -> Result<Option<Faulted>> {
+    let base = gpa.as_usize() & !(format::BLOCK_SIZE - 1);
+    if missing == 0
+        || base < region.start.as_usize()
+        || base + format::BLOCK_SIZE > region.end.as_usize()
+    {
+        return Ok(None);
+    }
+    walker.reserve_tables(missing - 1, &mut leftover.pool)?;
+    let frames = walker.frames();
+    let hpa = match frames.alloc_guest_block() {
+        Ok(hpa) => hpa,
+        Err(Error::NoMemory) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if let Err(e) = frames.zero_guest_block(hpa) {
+        leftover.block = Some(hpa);
+        return Err(e);
+    }
+    // The streamed zeroes before the entry that publishes the block.
+    zero::streaming_fence();
+    let leaf = format::with_addr::<F>(template, hpa);
+    match walker.install_at(Gpa::from_usize(base), leaf, 1, &mut leftover.pool) {
+        Ok(Installed::Yes) => {
+            frames.installed_by_fault();
+            Ok(Some(Faulted::Installed))
+        }
+        other => {
+            leftover.block = Some(hpa);
+            other.map(|_| Some(Faulted::Spurious))
         }
     }
 }

@@ -19,7 +19,8 @@
 //!   shareable), AF 10 (set: the library never relies on hardware access
 //!   flag management, so a leaf never faults for AF), XN\[1:0\] 54:53
 //!   (`0b10`: not executable at EL1 nor EL0 — bit 54 alone, the pre-FEAT_XNX
-//!   XN bit), bits 58:55 reserved for software: bit 55 marks owned frames;
+//!   XN bit), bits 58:55 reserved for software: bit 55 marks owned frames,
+//!   bit 57 2 MiB guest blocks (`AXALLOC_HUGE`);
 //! - table descriptors at stage 2 carry no hierarchical attributes: the
 //!   address and `0b11` only.
 //!
@@ -81,6 +82,11 @@ pub mod bits {
     pub const XN: u64 = 1 << 54;
     /// Software (bit 55, reserved for software use): owned frame.
     pub const OWNED: u64 = 1 << 55;
+    /// Software (bit 57 of bits 58:55, "reserved for software use" in
+    /// stage-2 block and page descriptors — Arm ARM, "Attribute fields in
+    /// VMSAv8-64 Block and Page descriptors"): a leaf of a 2 MiB block from
+    /// `alloc_contig`.
+    pub const GUEST_BLOCK: u64 = 1 << 57;
     /// Software, invalid descriptors only (bit 56): a parked entry.
     pub const PARKED: u64 = 1 << 56;
 }
@@ -156,7 +162,7 @@ impl GenericPTE for ArmS2Entry {
     }
 
     fn set_flags(&mut self, flags: MappingFlags, is_huge: bool) {
-        let keep = self.0 & (ADDR_MASK | OWNED);
+        let keep = self.0 & (ADDR_MASK | OWNED | GUEST_BLOCK);
         *self = Self::new_page(PhysAddr::from_usize(0), flags, is_huge);
         self.0 |= keep;
     }
@@ -197,6 +203,7 @@ impl<const LEVELS: usize, const ROOT_ORDER: u32> Format for ArmS2<LEVELS, ROOT_O
     // levels the root is Arm level 2.
     const MAX_LEAF_LEVEL: usize = if LEVELS > 2 { 2 } else { 1 };
     const OWNED: u64 = OWNED;
+    const BLOCK: u64 = GUEST_BLOCK;
     const EMPTY: u64 = 0;
     const HW_BITS: u64 = AF;
     const PARK_TAG: u64 = PARKED;

@@ -8,7 +8,8 @@
 //! - non-leaf entries: R|W|X and the table address; bits 7:3 must be 0;
 //! - bits 8/9 are accessed/dirty when EPT A/D is enabled: the processor may
 //!   set them at any time in present entries, so nothing here compares them;
-//! - bits 11 and 56:52 are ignored by the processor: bit 52 marks owned frames;
+//! - bits 11 and 56:52 are ignored by the processor: bit 52 marks owned frames,
+//!   bit 11 2 MiB guest blocks (`AXALLOC_HUGE`);
 //! - bit 63 is "suppress #VE" (SDM vol. 3C 28.2.2, 25.5.6.1): with the
 //!   "EPT-violation #VE" control on, an EPT violation on a not-present entry
 //!   whose bit 63 is 0 becomes a #VE *in the guest* instead of a VM exit.
@@ -53,6 +54,12 @@ pub mod bits {
     pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
     /// Software: the frame came from `alloc_frame` (bit 52, ignored).
     pub const OWNED: u64 = 1 << 52;
+    /// Software (bit 11, ignored in every EPT entry — SDM vol. 3C, tables
+    /// "Format of an EPT Page-Directory Entry that Maps a 2-MByte Page" and
+    /// "Format of an EPT Page-Table Entry": bits 11:8 / 11:7 ignored besides
+    /// A/D and the mode-based execute bit 10): a leaf of a 2 MiB block from
+    /// `alloc_contig`.
+    pub const GUEST_BLOCK: u64 = 1 << 11;
     /// Software, non-present entries only: a parked entry (bit 62; the
     /// processor ignores bits 62:3 of a not-present entry).
     pub const PARKED: u64 = 1 << 62;
@@ -128,7 +135,7 @@ impl GenericPTE for EptEntry {
     }
 
     fn set_flags(&mut self, flags: MappingFlags, is_huge: bool) {
-        let keep = self.0 & (ADDR_MASK | OWNED);
+        let keep = self.0 & (ADDR_MASK | OWNED | GUEST_BLOCK);
         *self = Self::new_page(PhysAddr::from_usize(0), flags, is_huge);
         self.0 |= keep;
     }
@@ -170,6 +177,7 @@ impl<const LEVELS: usize> Format for EptN<LEVELS> {
     const GPA_BITS: u32 = 12 + 9 * LEVELS as u32;
     const MAX_LEAF_LEVEL: usize = 2;
     const OWNED: u64 = OWNED;
+    const BLOCK: u64 = GUEST_BLOCK;
     const EMPTY: u64 = SUPPRESS_VE;
     const HW_BITS: u64 = ACCESSED | DIRTY;
     const PARK_TAG: u64 = PARKED;

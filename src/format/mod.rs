@@ -11,6 +11,16 @@
 //! - **owned**: a leaf whose frame the library obtained from `alloc_frame`
 //!   (an alloc-backend page). Only owned leaves are ever given back, so a
 //!   linear (passthrough) page can never be freed by mistake.
+//! - **block**: a leaf mapping (part of) a 2 MiB block the library obtained
+//!   from `alloc_contig(9)` for a region with `AXALLOC_HUGE` — the 2 MiB leaf
+//!   itself, or one of the 512 4 KiB leaves a split made of it
+//!   ([`Format::child`] copies the bit). Never also owned: a block goes back
+//!   whole through `free_contig`, never through `free_frame`. Every block leaf
+//!   of one leaf table belongs to the same block (a 2 MiB-aligned part is one
+//!   leaf table's span), whose address is the leaf's rounded down to 2 MiB.
+//!   A *parked* block leaf with the owned bit set as well is the **last** one
+//!   of its block: the reclaim that clears it gives the block back (see
+//!   `table/unmap.rs`).
 //! - **parked**: a *non-present* entry that still names a frame or table. It is
 //!   how a change is prepared without the hardware seeing it (map: entries
 //!   waiting for commit) and how a removed entry remembers what to free after
@@ -44,6 +54,9 @@ pub trait Format: Sized + 'static {
     const MAX_LEAF_LEVEL: usize;
     /// Software bit: the leaf's frame came from `alloc_frame` (ignored by hardware).
     const OWNED: u64;
+    /// Software bit: the leaf maps (part of) a 2 MiB block from
+    /// `alloc_contig(9)` (ignored by hardware; see the module docs).
+    const BLOCK: u64;
     /// The value of an entry that maps nothing (0, or EPT's suppress-#VE bit).
     /// New tables are filled with it.
     const EMPTY: u64;
@@ -185,7 +198,8 @@ pub enum Entry {
     Leaf {
         /// First byte of the page.
         hpa: Hpa,
-        /// The frame came from `alloc_frame` and goes back through `free_frame`.
+        /// The frame came from `alloc_frame` and goes back through `free_frame`
+        /// (never true for a block leaf, see [`block_of`]).
         owned: bool,
     },
     /// Not present: a page never touched, with its own guest rights
@@ -254,10 +268,38 @@ pub fn decode<F: Format>(raw: u64, level: usize) -> Entry {
     if level == 0 || pte.is_huge() {
         Entry::Leaf {
             hpa,
-            owned: raw & F::OWNED != 0,
+            owned: raw & (F::OWNED | F::BLOCK) == F::OWNED,
         }
     } else {
         Entry::Table(hpa)
+    }
+}
+
+/// Size of the blocks `AXALLOC_HUGE` regions get from `alloc_contig`.
+pub const BLOCK_SIZE: usize = 2 << 20;
+/// Their `alloc_contig` order.
+pub const BLOCK_ORDER: u32 = 9;
+
+/// A block leaf (present or parked, at level 1 or a split's 4 KiB child):
+/// the block's first frame, and whether the entry is marked the block's last
+/// (parked block leaves only; see the module docs). `None` for any other
+/// entry.
+#[inline]
+pub fn block_of<F: Format>(raw: u64, level: usize) -> Option<(Hpa, bool)> {
+    if raw == F::EMPTY || raw & F::BLOCK == 0 {
+        return None;
+    }
+    let leaf = if F::is_parked(raw) {
+        F::unpark(raw)
+    } else {
+        raw
+    };
+    match decode::<F>(leaf, level) {
+        Entry::Leaf { hpa, .. } => Some((
+            Hpa::from_usize(hpa.as_usize() & !(BLOCK_SIZE - 1)),
+            raw & F::OWNED != 0,
+        )),
+        _ => None,
     }
 }
 

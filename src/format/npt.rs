@@ -40,6 +40,10 @@ pub mod bits {
     pub const HUGE: u64 = 1 << 7;
     /// Software (AVL bit 9): the frame came from `alloc_frame`.
     pub const OWNED: u64 = 1 << 9;
+    /// Software (AVL bit 11 — APM vol. 2, "Long-Mode Page Translation",
+    /// 2-Mbyte PDE and 4-Kbyte PTE formats: bits 11:9 available to software):
+    /// a leaf of a 2 MiB block from `alloc_contig`.
+    pub const GUEST_BLOCK: u64 = 1 << 11;
     /// Software (AVL bit 10), non-present entries only: a parked entry.
     pub const PARKED: u64 = 1 << 10;
     /// Host-physical address bits 51:12.
@@ -117,7 +121,7 @@ impl GenericPTE for NptEntry {
     }
 
     fn set_flags(&mut self, flags: MappingFlags, is_huge: bool) {
-        let keep = self.0 & (ADDR_MASK | OWNED);
+        let keep = self.0 & (ADDR_MASK | OWNED | GUEST_BLOCK);
         *self = Self::new_page(PhysAddr::from_usize(0), flags, is_huge);
         self.0 |= keep;
     }
@@ -159,6 +163,7 @@ impl<const LEVELS: usize> Format for NptN<LEVELS> {
     const GPA_BITS: u32 = 12 + 9 * LEVELS as u32;
     const MAX_LEAF_LEVEL: usize = 2;
     const OWNED: u64 = OWNED;
+    const BLOCK: u64 = GUEST_BLOCK;
     const EMPTY: u64 = 0;
     const HW_BITS: u64 = ACCESSED | DIRTY;
     const PARK_TAG: u64 = PARKED;

@@ -58,6 +58,10 @@ pub mod bits {
     pub const PPN_MASK: u64 = ((1 << 44) - 1) << PPN_SHIFT;
     /// Software (RSW bit 8): the frame came from `alloc_frame`.
     pub const OWNED: u64 = 1 << 8;
+    /// Software (RSW bit 9 — privileged spec, Sv39/Sv48/Sv57 PTE
+    /// formats: bits 9:8 reserved for supervisor software): a leaf of a 2 MiB
+    /// block from `alloc_contig`.
+    pub const GUEST_BLOCK: u64 = 1 << 9;
     /// Shift of the Svpbmt PBMT field (bits 62:61).
     pub const PBMT_SHIFT: u32 = 61;
     /// PBMT = IO (2): non-cacheable, strongly ordered I/O.
@@ -144,7 +148,7 @@ impl GenericPTE for RiscvEntry {
     }
 
     fn set_flags(&mut self, flags: MappingFlags, is_huge: bool) {
-        let keep = self.0 & (PPN_MASK | OWNED);
+        let keep = self.0 & (PPN_MASK | OWNED | GUEST_BLOCK);
         *self = Self::new_page(PhysAddr::from_usize(0), flags, is_huge);
         self.0 |= keep;
     }
@@ -190,6 +194,7 @@ impl<const LEVELS: usize> Format for Riscv<LEVELS> {
     // Megapages and gigapages; terapages (Sv48x4 level 3) are not produced.
     const MAX_LEAF_LEVEL: usize = 2;
     const OWNED: u64 = OWNED;
+    const BLOCK: u64 = GUEST_BLOCK;
     const EMPTY: u64 = 0;
     const HW_BITS: u64 = A | D;
     const PARK_TAG: u64 = PARKED;

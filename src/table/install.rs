@@ -63,19 +63,35 @@ impl<'a, F: Format> Walker<'a, F> {
     /// is a compare-exchange from the value seen, so concurrent faults are
     /// safe: a table that loses goes back to the pool.
     pub fn install_leaf(&self, gpa: Gpa, leaf: u64, pool: &mut TablePool) -> Result<Installed> {
+        self.install_at(gpa, leaf, 0, pool)
+    }
+
+    /// Installs the leaf `leaf` at `level` (0, or 1 for a 2 MiB block) for
+    /// `gpa` if that entry is empty, linking missing tables above it from
+    /// `pool`, as [`Walker::install_leaf`]. A table already at `level`
+    /// (some 4 KiB page of the span is, or was, present) loses too.
+    pub fn install_at(
+        &self,
+        gpa: Gpa,
+        leaf: u64,
+        level: usize,
+        pool: &mut TablePool,
+    ) -> Result<Installed> {
+        let target = level;
         let gpa = gpa.as_usize();
         let mut it = Iter::root(self, gpa, gpa + 1, Descend::Present)?;
         while let Some(v) = it.next()? {
             let Visit::Slot(s) = v else { continue };
             match format::decode::<F>(s.raw, s.level) {
-                Entry::Table(_) if s.level > 0 => {}
+                Entry::Table(_) if s.level > target => {}
+                Entry::Table(_) if s.level > 0 => return Ok(Installed::Lost),
                 // Protect got there first (lazy / sealed): the re-fault
                 // sees the entry's rights.
                 Entry::Leaf { .. } | Entry::Lazy { .. } | Entry::Sealed { .. } => {
                     return Ok(Installed::Lost);
                 }
                 Entry::Parked => return Ok(Installed::Frozen),
-                Entry::Empty if s.level > 0 => {
+                Entry::Empty if s.level > target => {
                     let new = pool.take().ok_or(Error::Internal)?;
                     let link = format::table::<F>(new);
                     // Release: the new table's empty entries before the link.

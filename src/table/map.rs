@@ -49,6 +49,18 @@ pub trait LeafSource<F: Format> {
     fn lazy_rights(&mut self, _gpa: Gpa, rights: u32) -> Result<u32> {
         Ok(rights)
     }
+    /// The leaf for the whole, empty slot at `level` (> 0) starting at
+    /// `gpa`, or `None` to build a table of smaller leaves there instead.
+    /// Sources that allocate huge pages decide here, where a failed
+    /// allocation can still fall back (`AXALLOC_HUGE`: no block, 4 KiB
+    /// frames).
+    fn huge_leaf(&mut self, frames: &Frames<'_>, gpa: Gpa, level: usize) -> Result<Option<u64>> {
+        if self.huge_ok(gpa, level) {
+            self.leaf(frames, gpa, level).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
 }
 
 /// A detached table built for an empty entry the range shares.
@@ -137,8 +149,15 @@ impl<'a, F: Format> Walker<'a, F> {
                 Entry::Empty => {
                     it.step_over();
                     let whole = s.whole();
-                    if level == 0 || (whole && src.huge_ok(Gpa::from_usize(s.lo), level)) {
-                        let leaf = src.leaf(&self.frames, Gpa::from_usize(s.lo), level)?;
+                    let gpa = Gpa::from_usize(s.lo);
+                    let leaf = if level == 0 {
+                        Some(src.leaf(&self.frames, gpa, 0)?)
+                    } else if whole {
+                        src.huge_leaf(&self.frames, gpa, level)?
+                    } else {
+                        None
+                    };
+                    if let Some(leaf) = leaf {
                         if let Err(e) = self.zero_if_owned(leaf, level) {
                             // The host could not show us the frame (ERR_HOOK):
                             // it is in no entry yet, so give it back here.
@@ -212,8 +231,15 @@ impl<'a, F: Format> Walker<'a, F> {
         let mut it = Iter::new(self, (table, level, base), lo, hi, Descend::Present)?;
         while let Some(v) = it.next()? {
             let Visit::Slot(s) = v else { continue };
-            if s.level == 0 || (s.whole() && src.huge_ok(Gpa::from_usize(s.lo), s.level)) {
-                let leaf = src.leaf(&self.frames, Gpa::from_usize(s.lo), s.level)?;
+            let gpa = Gpa::from_usize(s.lo);
+            let leaf = if s.level == 0 {
+                Some(src.leaf(&self.frames, gpa, 0)?)
+            } else if s.whole() {
+                src.huge_leaf(&self.frames, gpa, s.level)?
+            } else {
+                None
+            };
+            if let Some(leaf) = leaf {
                 s.entry.store(leaf, Ordering::Relaxed);
                 self.zero_if_owned(leaf, s.level)?;
                 continue;
@@ -266,6 +292,11 @@ impl<'a, F: Format> Walker<'a, F> {
     /// Zeroes the frame of an owned leaf a [`LeafSource`] just produced
     /// (sources hand out unzeroed frames; see `Frames::alloc_guest_unzeroed`).
     fn zero_if_owned(&self, leaf: u64, level: usize) -> Result {
+        if level == 1
+            && let Some((block, _)) = format::block_of::<F>(leaf, level)
+        {
+            return self.frames.zero_guest_block(block);
+        }
         match format::decode::<F>(leaf, level) {
             Entry::Leaf { hpa, owned: true } => self.frames.zero_guest(hpa),
             _ => Ok(()),
@@ -331,6 +362,14 @@ impl<'a, F: Format> Walker<'a, F> {
                     (Entry::Table(l), Entry::Table(o)) if level > 0 => {
                         self.merge::<S>(l, o, level - 1)?
                     }
+                    // A fault linked a leaf table where we prepared a
+                    // 2 MiB block (write-populate, prefault): the block's
+                    // pieces fill the table's holes instead.
+                    (Entry::Table(l), Entry::Leaf { .. }) if S::FILL_HOLES && level == 1 => {
+                        if self.merge_block(l, raw)? {
+                            e.store(F::EMPTY, Ordering::Relaxed);
+                        }
+                    }
                     // A fault filled the hole first (write-populate): ours
                     // stays behind for `finish`.
                     (Entry::Leaf { .. }, _) if S::FILL_HOLES => {}
@@ -339,6 +378,22 @@ impl<'a, F: Format> Walker<'a, F> {
             }
         }
         Ok(())
+    }
+
+    /// Moves the pieces of the never-visible 2 MiB block leaf `block` into
+    /// the holes of the live leaf table `live` (compare-exchange from
+    /// empty). True if at least one moved: the block then lives in the
+    /// table (freed with its last piece, see `unmap.rs`); false leaves it
+    /// to [`Walker::finish`].
+    fn merge_block(&self, live: Hpa, block: u64) -> Result<bool> {
+        let mut moved = false;
+        for (i, slot) in self.view(live, 0)?.iter().enumerate() {
+            let child = F::child(block, 1, i);
+            moved |= slot
+                .compare_exchange(F::EMPTY, child, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+        }
+        Ok(moved)
     }
 
     /// Step 3 of a map, with no lock held: frees what merged spines kept

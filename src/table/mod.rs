@@ -23,6 +23,13 @@
 //!   span of every pruned table, and [`unmap`]'s reclaim frees it.
 //! - A **parked** entry met by a concurrent walker is *frozen*: a fault returns
 //!   at once as spurious (the guest re-faults), never spins.
+//! - **2 MiB guest blocks** (`AXALLOC_HUGE`) are marked in their leaves
+//!   ([`Format::BLOCK`]); a split copies the mark into the 512 pieces, and
+//!   one leaf table's pieces all name one block. The detach that parks the
+//!   last present piece of a block marks it last and flushes the whole
+//!   block; the reclaim then gives the block back once (`unmap.rs`). A
+//!   pruned leaf table, or destroy, gives its block back whole
+//!   (`release_leaf_table`).
 //! - The tables themselves are the only record: no side lists, no allocator.
 
 pub mod install;
@@ -81,6 +88,11 @@ impl TablePool {
     #[inline]
     pub fn is_empty(&self) -> bool {
         self.held == 0
+    }
+    /// Tables held.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.held
     }
     fn take(&mut self) -> Option<Hpa> {
         let i = self.held.checked_sub(1)?;
@@ -217,10 +229,22 @@ impl<'a, F: Format> Walker<'a, F> {
         } else {
             raw
         };
+        if let Some((block, last)) = format::block_of::<F>(raw, level) {
+            // The 2 MiB leaf itself, or the 4 KiB piece of a split block
+            // that the detach marked last (the others go with no free).
+            if level == 1 || (level == 0 && last) {
+                // SAFETY: per this function's contract; for the last piece,
+                // every other piece is unreachable too (see `unmap.rs`).
+                unsafe { self.frames.free_guest_block(block) };
+            } else if level != 0 {
+                return Err(Error::Internal);
+            }
+            return Ok(());
+        }
         match format::decode::<F>(raw, level) {
             Entry::Leaf { hpa, owned: true } | Entry::Sealed { hpa, owned: true } => {
                 if level != 0 {
-                    // Owned huge pages (from alloc_contig) do not exist yet.
+                    // Owned frames are 4 KiB; huge guest pages are blocks.
                     return Err(Error::Internal);
                 }
                 // SAFETY: per this function's contract.
@@ -286,6 +310,12 @@ impl<'a, F: Format> Walker<'a, F> {
                     // SAFETY: per this function's contract.
                     unsafe { self.frames.free_guest(hpa) };
                 }
+                Entry::Leaf { .. } if s.level == 1 => {
+                    if let Some((block, _)) = format::block_of::<F>(raw, 1) {
+                        // SAFETY: per this function's contract.
+                        unsafe { self.frames.free_guest_block(block) };
+                    }
+                }
                 _ => {}
             }
         }
@@ -299,15 +329,24 @@ impl<'a, F: Format> Walker<'a, F> {
         Ok(())
     }
 
-    /// Frees the owned frames a leaf table maps (present or parked), then the
-    /// table.
+    /// Frees the owned frames a leaf table maps (present or parked) and the
+    /// block its block leaves are pieces of (at most one: a leaf table spans
+    /// one 2 MiB-aligned part), then the table.
     ///
     /// # Safety
     /// As [`Walker::release_entry`].
     unsafe fn release_leaf_table(&self, table: Hpa) -> Result {
+        let mut block = None;
         for e in self.view(table, 0)? {
             let raw = e.load(Ordering::Relaxed);
             if raw == F::EMPTY {
+                continue;
+            }
+            if let Some((b, _)) = format::block_of::<F>(raw, 0) {
+                if block.is_some_and(|x| x != b) {
+                    return Err(Error::Internal);
+                }
+                block = Some(b);
                 continue;
             }
             let raw = if F::is_parked(raw) {
@@ -321,6 +360,11 @@ impl<'a, F: Format> Walker<'a, F> {
                 // SAFETY: per this function's contract.
                 unsafe { self.frames.free_guest(hpa) };
             }
+        }
+        if let Some(b) = block {
+            // SAFETY: per this function's contract: no piece of the block is
+            // reachable any more.
+            unsafe { self.frames.free_guest_block(b) };
         }
         // SAFETY: per this function's contract; its entries were just released.
         unsafe { self.frames.free_table(table) };

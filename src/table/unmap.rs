@@ -38,6 +38,12 @@ pub struct Detached {
     /// Span of every detached entry (`lo == hi`: nothing; no flush owed).
     lo: usize,
     hi: usize,
+    /// What the flush covers besides: the whole span of every block this
+    /// detach gives back while other operations detached pieces of it
+    /// (their flushes may come after ours). Not reclaimed: those pieces
+    /// are theirs.
+    flush_lo: usize,
+    flush_hi: usize,
 }
 
 impl Detached {
@@ -50,9 +56,23 @@ impl Detached {
         }
     }
 
+    /// Widens the flush only (see `flush_lo`).
+    fn note_flush(&mut self, a: usize, b: usize) {
+        if self.flush_lo == self.flush_hi {
+            (self.flush_lo, self.flush_hi) = (a, b);
+        } else {
+            self.flush_lo = self.flush_lo.min(a);
+            self.flush_hi = self.flush_hi.max(b);
+        }
+    }
+
     /// The guest-physical range a flush must cover (empty: none owed).
     pub fn flush_range(&self) -> (usize, usize) {
-        (self.lo, self.hi)
+        match (self.lo == self.hi, self.flush_lo == self.flush_hi) {
+            (_, true) => (self.lo, self.hi),
+            (true, false) => (self.flush_lo, self.flush_hi),
+            (false, false) => (self.lo.min(self.flush_lo), self.hi.max(self.flush_hi)),
+        }
     }
 
     /// Everything the operation touched: the unmapped range and the spans of
@@ -73,7 +93,8 @@ impl Detached {
     /// unmapped addresses are always inside). Call with no lock held: the
     /// host's flush may wait for other CPUs.
     pub fn flush(self, hooks: &Hooks, (base, end): (usize, usize)) -> Flushed {
-        let (lo, hi) = (self.lo.max(base), self.hi.min(end));
+        let (lo, hi) = self.flush_range();
+        let (lo, hi) = (lo.max(base), hi.min(end));
         if lo < hi {
             hooks.flush(lo as u64, (hi - lo) as u64);
         }
@@ -357,6 +378,18 @@ impl<'a, F: Format> Walker<'a, F> {
 
     /// Removes every present entry in `[start, end)` from the hardware's view
     /// (see the module docs). Edges must have been split first.
+    ///
+    /// Blocks (`AXALLOC_HUGE`): a 2 MiB block leaf the range covers is
+    /// parked whole (the reclaim gives the block back). Pieces of a split
+    /// block are parked like 4 KiB leaves, and the detach that parks the
+    /// *last present* piece of a block owns giving it back: when it leaves
+    /// that leaf table (with the lock held since it parked its first piece
+    /// there — no yield inside — so no other detach can interleave), it
+    /// counts the pieces still present; none left, it marks one of its
+    /// parked pieces last (the reclaim frees the block with it) and widens
+    /// its flush to the whole block, since other detaches' pieces of it may
+    /// still await their own flush. A pruned leaf table gives its block back
+    /// whole instead (`release_leaf_table`).
     pub fn detach<C: DetachCtx>(&self, ctx: &mut C, start: Gpa, end: Gpa) -> Result<Detached> {
         let (start, end) = (start.as_usize(), end.as_usize());
         let mut d = Detached {
@@ -364,12 +397,17 @@ impl<'a, F: Format> Walker<'a, F> {
             end,
             lo: 0,
             hi: 0,
+            flush_lo: 0,
+            flush_hi: 0,
         };
         let mut it = Iter::root(self, start, end, Descend::Present)?;
         let mut steps = 0usize;
+        // The last block piece parked in the current leaf table, if any.
+        let mut piece: Option<&AtomicU64> = None;
         while let Some(v) = it.next()? {
             steps += 1;
-            if steps.is_multiple_of(YIELD_EVERY) {
+            if steps >= YIELD_EVERY && piece.is_none() {
+                steps = 0;
                 ctx.pause();
             }
             match v {
@@ -380,6 +418,7 @@ impl<'a, F: Format> Walker<'a, F> {
                         if !s.whole() {
                             return Err(Error::Internal);
                         }
+                        let block = format::block_of::<F>(s.raw, s.level).is_some();
                         let keep = ctx.keep_rights(s.base);
                         let x = ctx.exclusive().ok_or(Error::Internal)?;
                         park_as::<F>(&x, s.entry, |old| {
@@ -389,8 +428,11 @@ impl<'a, F: Format> Walker<'a, F> {
                                 Some(r) if r != format::leaf_rights::<F>(old) => F::LAZY,
                                 _ => 0,
                             };
-                            (owned || tag != 0).then(|| F::park(old) | tag)
+                            (owned || block || tag != 0).then(|| F::park(old) | tag)
                         });
+                        if block && s.level == 0 {
+                            piece = Some(s.entry);
+                        }
                         d.note(s.base, s.span_end());
                     }
                     // Not present: nothing to flush. An unmap clears it (and
@@ -410,10 +452,16 @@ impl<'a, F: Format> Walker<'a, F> {
                         } else {
                             0
                         };
+                        // A sealed piece of a block holds the block like a
+                        // present one.
+                        let block = format::block_of::<F>(F::unseal(s.raw), s.level).is_some();
                         let x = ctx.exclusive().ok_or(Error::Internal)?;
                         park_as::<F>(&x, s.entry, |old| {
-                            (owned || tag != 0).then(|| F::park(F::unseal(old)) | tag)
+                            (owned || block || tag != 0).then(|| F::park(F::unseal(old)) | tag)
                         });
+                        if block && s.level == 0 {
+                            piece = Some(s.entry);
+                        }
                     }
                     // A discard walks down: entries below keep their rights.
                     Entry::Table(_) if s.whole() && ctx.keep_rights(s.base).is_none() => {
@@ -436,11 +484,36 @@ impl<'a, F: Format> Walker<'a, F> {
                         ctx.widen(base, span_end)?;
                         park::<F>(&ctx.exclusive().ok_or(Error::Internal)?, parent, true);
                         d.note(base, span_end);
+                    } else if level == 0
+                        && let Some(p) = piece
+                        && !self.has_present_block_piece(table)?
+                    {
+                        // Last: the parked value keeps the block's address;
+                        // the owned bit on a block piece means "last".
+                        p.fetch_or(F::OWNED, Ordering::Relaxed);
+                        d.note_flush(base, span_end);
+                    }
+                    if level == 0 {
+                        piece = None;
                     }
                 }
             }
         }
         Ok(d)
+    }
+
+    /// True if a present leaf of the leaf table `table` is a block piece.
+    fn has_present_block_piece(&self, table: crate::addr::Hpa) -> Result<bool> {
+        Ok(self.view(table, 0)?.iter().any(|e| {
+            let raw = e.load(Ordering::Acquire);
+            // Sealed pieces (protect with no rights) keep their block too.
+            let raw = if F::is_sealed(raw) {
+                F::unseal(raw)
+            } else {
+                raw
+            };
+            !F::is_parked(raw) && format::block_of::<F>(raw, 0).is_some()
+        }))
     }
 
     /// After the flush: clears every parked entry in the detached span and

@@ -21,6 +21,7 @@ pub(crate) fn shapes() -> &'static [crate::format::FormatKind] {
 mod core;
 mod fast_fault;
 mod formats;
+mod huge;
 mod model;
 mod protect;
 mod track;

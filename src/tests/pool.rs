@@ -31,6 +31,22 @@ struct State {
     flush_log: Vec<(u64, u64, u64)>,
     /// Address of a table entry to read at each flush (0: none).
     watch: usize,
+    /// Live `alloc_contig` blocks: first frame index → order. A frame of
+    /// one never goes to `free_frame`, and `free_contig` takes exactly a
+    /// live block with its order, once.
+    blocks: std::collections::BTreeMap<usize, u32>,
+    /// `alloc_contig` fails (while `alloc_frame` goes on).
+    contig_fails: bool,
+    /// Every flush and every `free_contig`, in order: `Flush(gpa, size)` /
+    /// `FreeContig(hpa, order)`.
+    events: Vec<Event>,
+}
+
+/// A hook call the ordering checks look at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    Flush(u64, u64),
+    FreeContig(u64, u32),
 }
 
 pub struct Pool {
@@ -114,6 +130,15 @@ unsafe extern "C" fn free(ctx: *mut c_void, hpa: u64) {
     let mut st = pool.state.lock().unwrap();
     let i = ((hpa - BASE) as usize) / FRAME;
     assert!(st.used[i], "double or foreign free of {hpa:#x}");
+    let in_block = st
+        .blocks
+        .range(..=i)
+        .next_back()
+        .is_some_and(|(&first, &order)| i < first + (1 << order));
+    assert!(
+        !in_block,
+        "free_frame of {hpa:#x}, a frame of a contiguous block"
+    );
     st.used[i] = false;
     st.free.push(i);
 }
@@ -124,7 +149,7 @@ unsafe extern "C" fn alloc_contig(ctx: *mut c_void, order: u32, out: *mut u64) -
     // SAFETY: as above.
     let pool = unsafe { &*(ctx as *const Pool) };
     let mut st = pool.state.lock().unwrap();
-    if st.budget == Some(0) {
+    if st.budget == Some(0) || st.contig_fails {
         return -1;
     }
     let n = 1usize << order;
@@ -140,6 +165,7 @@ unsafe extern "C" fn alloc_contig(ctx: *mut c_void, order: u32, out: *mut u64) -
     for i in first..first + n {
         st.used[i] = true;
     }
+    st.blocks.insert(first, order);
     st.free.retain(|&i| i < first || i >= first + n);
     // SAFETY: `out` is the library's local.
     unsafe { *out = BASE + (first * FRAME) as u64 };
@@ -151,6 +177,12 @@ unsafe extern "C" fn free_contig(ctx: *mut c_void, hpa: u64, order: u32) {
     let pool = unsafe { &*(ctx as *const Pool) };
     let mut st = pool.state.lock().unwrap();
     let first = ((hpa - BASE) as usize) / FRAME;
+    assert_eq!(
+        st.blocks.remove(&first),
+        Some(order),
+        "free_contig({hpa:#x}, {order}): not a live block of that order"
+    );
+    st.events.push(Event::FreeContig(hpa, order));
     for i in first..first + (1 << order) {
         assert!(st.used[i], "double or foreign free of {hpa:#x}");
         st.used[i] = false;
@@ -186,6 +218,7 @@ unsafe extern "C" fn flush(ctx: *mut c_void, gpa: u64, size: u64) {
             .load(core::sync::atomic::Ordering::Relaxed)
     };
     st.flush_log.push((gpa, size, seen));
+    st.events.push(Event::Flush(gpa, size));
 }
 
 impl Pool {
@@ -210,6 +243,9 @@ impl Pool {
                 last_flush: (0, 0),
                 flush_log: Vec::new(),
                 watch: 0,
+                blocks: Default::default(),
+                contig_fails: false,
+                events: Vec::new(),
             }),
             // Replaced below once the pool has its final address.
             hooks: dummy_hooks(),
@@ -272,6 +308,22 @@ impl Pool {
     /// Reads `entry` at every flush from now on.
     pub fn watch(&self, entry: &core::sync::atomic::AtomicU64) {
         self.state.lock().unwrap().watch = entry as *const _ as usize;
+    }
+
+    /// Every flush and `free_contig` so far, in order.
+    pub fn events(&self) -> Vec<Event> {
+        self.state.lock().unwrap().events.clone()
+    }
+
+    /// Live `alloc_contig` blocks of `order`.
+    pub fn blocks(&self, order: u32) -> usize {
+        let st = self.state.lock().unwrap();
+        st.blocks.values().filter(|&&o| o == order).count()
+    }
+
+    /// Makes `alloc_contig` fail (`true`) or work again.
+    pub fn contig_fails(&self, fails: bool) {
+        self.state.lock().unwrap().contig_fails = fails;
     }
 
     pub fn fail_after(&self, n: usize) {
