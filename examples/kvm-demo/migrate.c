@@ -303,7 +303,7 @@ int run_migrate(int kvm, const struct opts *o)
     struct frame_pool pool;
     struct mig m;
     axalloc_as_t *src = NULL, *dst = NULL;
-    uint64_t *bm = NULL;
+    uint64_t *bm = NULL, *prev = NULL;   /* prev: the pages the last get re-armed */
     uint8_t *buf = NULL, *buf2 = NULL;
     bool thread_started = false;
     axalloc_status_t st;
@@ -326,9 +326,10 @@ int run_migrate(int kvm, const struct opts *o)
            PRIu64 " rounds\n", hot, o->mig_stride, o->mig_stride, o->mig_stop, o->mig_rounds);
     m.fault_ns = calloc(FAULT_SAMPLES, sizeof(*m.fault_ns));
     bm = calloc(words, sizeof(*bm));
+    prev = calloc(words, sizeof(*prev));
     buf = malloc(COPY_CHUNK_PAGES * PAGE_SIZE);
     buf2 = malloc(COPY_CHUNK_PAGES * PAGE_SIZE);
-    if (!m.fault_ns || !bm || !buf || !buf2)
+    if (!m.fault_ns || !bm || !prev || !buf || !buf2)
         goto out;
     if (vm_create(&v, kvm, slot_size) < 0 || pool_init(&pool, v.slot, slot_size, POOL_GPA, pool_frames) < 0)
         goto out;
@@ -391,7 +392,8 @@ int run_migrate(int kvm, const struct opts *o)
     copied_total += c;
     printf("  round  0: %6" PRIu64 " present pages (axalloc_present_bitmap), copy %6.2f ms; guest write faults meanwhile %" PRIu64 "\n",
            c, ms(now_ns() - t0), (uint64_t)atomic_load(&m.write_faults) - wf0);
-    uint64_t rounds = 0, flush_bad = 0, last_n = pages;
+    uint64_t rounds = 0, flush_bad = 0, last_n = pages, rewritten = 0;
+
     bool converged = false;
     while (rounds < o->mig_rounds) {
         rounds++;
@@ -411,6 +413,10 @@ int run_migrate(int kvm, const struct opts *o)
         n = popcount_bm(bm, words);
         if (n > 0 && fl != 1)      /* re-armed pages: exactly one flush */
             flush_bad++;
+        for (uint64_t w = 0; w < words; w++) {
+            rewritten += (uint64_t)__builtin_popcountll(bm[w] & prev[w]);
+            prev[w] = bm[w];
+        }
         c = copy_pages(src, dst, bm, pages, buf, &copy_err);
         copied_total += c;
         const uint64_t t2 = now_ns();
@@ -442,6 +448,9 @@ int run_migrate(int kvm, const struct opts *o)
     const uint64_t t_paused = now_ns();
     st = axalloc_dirty_log_get(src, RAM_VA, mem, bm, 0);
     n = popcount_bm(bm, words);
+    for (uint64_t w = 0; w < words; w++)
+        rewritten += (uint64_t)__builtin_popcountll(bm[w] & prev[w]);
+    printf("  pages written again after a get re-armed them (each such write had to fault): %" PRIu64 "\n", rewritten);
     const uint64_t c_pause = copy_pages(src, dst, bm, pages, buf, &copy_err);
     copied_total += c_pause;
     const uint64_t t_copied = now_ns();
@@ -564,6 +573,7 @@ out:
         axalloc_as_destroy(dst);
     free(m.fault_ns);
     free(bm);
+    free(prev);
     free(buf);
     free(buf2);
     pool_fini(&pool);
