@@ -435,8 +435,8 @@ static void as_hw_per_format(void) {
     uint32_t fmt, bits, pages, levels;
     uint64_t ptr_low, vtcr; /* root_pointer minus the root's address bits */
   } cases[] = {
-      {AXALLOC_FORMAT_X86_EPT, 0, 1, 4, 0x1e, 0},
-      {AXALLOC_FORMAT_X86_EPT, 57, 1, 5, 0x26, 0},
+      {AXALLOC_FORMAT_X86_EPT, 0, 1, 4, 0x5e, 0}, /* A/D enable (bit 6) */
+      {AXALLOC_FORMAT_X86_EPT, 57, 1, 5, 0x66, 0},
       {AXALLOC_FORMAT_X86_NPT, 0, 1, 4, 0, 0},
       {AXALLOC_FORMAT_X86_NPT, 57, 1, 5, 0, 0},
       /* VTCR_EL2: T0SZ = 64 - bits, SL0 = levels - 2, IRGN0 = ORGN0 = 01,

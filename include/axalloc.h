@@ -140,9 +140,13 @@
 
 /**
  * Intel EPT: 4 levels, 48-bit guest-physical addresses. The VMCS's EPTP is
- * `axalloc_as_root(as) | (4 - 1) << 3 | 6` (page-walk length 4, paging
- * structures write-back). The library sets no accessed/dirty bit itself and
- * compares none, so EPTP bit 6 (A/D enable) is the hypervisor's choice.
+ * `axalloc_as_root(as) | 1 << 6 | (4 - 1) << 3 | 6` (A/D enable, page-walk
+ * length 4, paging structures write-back): `axalloc_as_hw` gives it. With
+ * A/D enabled the processor sets accessed bits, which `axalloc_young_get`
+ * reads and clears. A CPU without EPT A/D (IA32_VMX_EPT_VPID_CAP bit 21
+ * clear) needs bit 6 cleared; everything works the same, except that
+ * `axalloc_young_get` then sees only the accesses that faulted or that
+ * `axalloc_read` / `axalloc_write` made. Dirty logging never needs it.
  */
 #define AXALLOC_FORMAT_X86_EPT 1u
 
@@ -249,6 +253,14 @@
  * (`axalloc_map_linear`).
  */
 #define AXALLOC_REGION_LINEAR 2u
+
+/**
+ * `axalloc_dirty_log_get` / `axalloc_young_get` flag: report, then re-arm
+ * (dirty: write-protect the reported pages again; young: clear their
+ * accessed bits), with one `flush_tlb` covering what changed before the
+ * call returns. Without it the call only reads.
+ */
+#define AXALLOC_BITMAP_CLEAR (1u << 16)
 
 /**
  * An address space: one guest's stage-2 page table and its regions.
@@ -467,9 +479,9 @@ struct axalloc_hw {
   uint32_t levels;
   /**
    * The value to load:
-   * - EPT: the EPTP, `root | (levels - 1) << 3 | 6` (write-back paging
-   *   structures, page-walk length; A/D enable (bit 6) 0: the library
-   *   needs no accessed/dirty bits — set it if you want them).
+   * - EPT: the EPTP, `root | 1 << 6 | (levels - 1) << 3 | 6` (A/D
+   *   enable, for `axalloc_young_get`; page-walk length; write-back
+   *   paging structures).
    * - NPT: nCR3 = `root` (PWT = PCD = 0). 5 levels need CR4.LA57 on.
    * - Arm: VTTBR_EL2 = `root` (BADDR, aligned to the root's size), VMID
    *   0: OR yours in at bits 63:48; CnP 0.
@@ -1033,6 +1045,175 @@ axalloc_status_t axalloc_discard(axalloc_as_t *as, uint64_t gpa, uint64_t size);
  * `as` is NULL or a live handle.
  */
 axalloc_status_t axalloc_protect(axalloc_as_t *as, uint64_t gpa, uint64_t size, uint32_t flags);
+
+/**
+ * Starts dirty logging on `[gpa, gpa + size)`, which alloc regions must
+ * cover (live migration, snapshots, checkpoints: KVM's dirty log, Xen's
+ * log-dirty). From now until `axalloc_dirty_log_stop`, every 4 KiB page of
+ * the range written — by the guest through the table, or by
+ * `axalloc_write` — is reported by `axalloc_dirty_log_get` until a get with
+ * `AXALLOC_BITMAP_CLEAR` has reported it; so is every discarded page (its
+ * contents became zeros). At start no page is dirty: copy the present
+ * pages first (`axalloc_present_bitmap`).
+ *
+ * How, on every format: the library write-protects the range's writable
+ * present pages now (one `flush_tlb` if any), and installs pages faulted by
+ * a read or a fetch write-protected. The guest's first write to such a page
+ * faults; `axalloc_handle_fault` (access WRITE) gives write back, marks the
+ * page dirty and answers `AXALLOC_OK` — the host resumes the guest as for
+ * any resolved fault. No hardware dirty bit is used, so nothing needs
+ * enabling. Each logged range takes two bitmaps (one bit per page) and a
+ * directory frame from `alloc_frame`: 16 frames + 1 per GiB logged.
+ *
+ * While a range is logged, maps over it answer `AXALLOC_ERR_BUSY` (stop
+ * first); unmaps, discards, prefaults, protects and hypervisor copies work
+ * and keep the log. Already logged (the range lies inside a logged range):
+ * `AXALLOC_OK`, nothing changes.
+ *
+ * Returns:
+ * - `AXALLOC_OK`.
+ * - `AXALLOC_ERR_INVALID`: NULL `as`; unaligned, empty, overflowing, or
+ *   outside the window; a part of the range is a linear region.
+ * - `AXALLOC_ERR_NOT_MAPPED`: a part of the range has no region.
+ * - `AXALLOC_ERR_EXISTS`: the range overlaps a logged range without lying
+ *   inside it.
+ * - `AXALLOC_ERR_LIMIT`: 8 ranges are logged already, or the range is
+ *   larger than 32 GiB.
+ * - `AXALLOC_ERR_BUSY`: a map, unmap, discard, prefault, protect or
+ *   logging call in flight overlaps the range (retry).
+ * - `AXALLOC_ERR_NO_MEMORY`: `alloc_frame` failed for a bitmap.
+ * - `AXALLOC_ERR_HOOK`: a hook broke its contract.
+ * - `AXALLOC_ERR_INTERNAL`: a broken invariant (a bug).
+ *
+ * On error nothing changed. Thread-safe; faults, copies and gets go on.
+ * Locks: exclusive briefly (check and claim; register), shared while pages
+ * are write-protected; `alloc_frame` with no lock held; `flush_tlb` after
+ * every lock is released. Calls `phys_to_virt` and `relax`.
+ *
+ * # Safety
+ * `as` is NULL or a live handle.
+ */
+axalloc_status_t axalloc_dirty_log_start(axalloc_as_t *as, uint64_t gpa, uint64_t size);
+
+/**
+ * Ends dirty logging of every logged range inside `[gpa, gpa + size)`:
+ * write-protected pages get write back (no flush needed), the bitmaps go
+ * back through `free_frame`. Ranges not logged: nothing to do.
+ *
+ * Returns:
+ * - `AXALLOC_OK`.
+ * - `AXALLOC_ERR_INVALID`: NULL `as`; unaligned, empty, overflowing, or
+ *   outside the window; a logged range lies only partly inside the range
+ *   (nothing changed).
+ * - `AXALLOC_ERR_BUSY`: another operation in flight overlaps the range.
+ * - `AXALLOC_ERR_HOOK`: `phys_to_virt` broke its contract.
+ * - `AXALLOC_ERR_INTERNAL`: a broken invariant (a bug).
+ *
+ * Thread-safe. Locks: exclusive (faults wait while write is given back);
+ * `free_frame` after it is released.
+ *
+ * # Safety
+ * `as` is NULL or a live handle.
+ */
+axalloc_status_t axalloc_dirty_log_stop(axalloc_as_t *as, uint64_t gpa, uint64_t size);
+
+/**
+ * Writes into `bitmap` (`ceil(size / 4096 / 64)` words; bit `i % 64` of
+ * word `i / 64` is the page at `gpa + i * 4096`; every bit of the range is
+ * written, the rest of the last word is 0) which pages of `[gpa, gpa +
+ * size)` — a range inside one logged range — were written since a get with
+ * `AXALLOC_BITMAP_CLEAR` last reported them. With `AXALLOC_BITMAP_CLEAR`
+ * (the only flag) the reported pages are re-armed — write-protected again
+ * — and, if any was writable, one `flush_tlb` covering them runs before the
+ * call returns; copy them after it. No write is ever lost: a guest write
+ * racing with the get is reported by this get or by the next one.
+ *
+ * Returns:
+ * - `AXALLOC_OK`.
+ * - `AXALLOC_ERR_INVALID`: NULL `as` or `bitmap` (or misaligned); unaligned,
+ *   empty, overflowing, or outside the window; the range is not inside
+ *   one logged range; a flag besides `AXALLOC_BITMAP_CLEAR`.
+ * - `AXALLOC_ERR_HOOK`: `phys_to_virt` broke its contract.
+ * - `AXALLOC_ERR_INTERNAL`: a broken invariant (a bug).
+ *
+ * Thread-safe and concurrent with faults, copies and other gets (the shared
+ * lock); calls `phys_to_virt`, `relax`, and `flush_tlb` after the lock is
+ * released.
+ *
+ * # Safety
+ * `as` is NULL or a live handle; `bitmap` has the words above, writable.
+ */
+axalloc_status_t axalloc_dirty_log_get(axalloc_as_t *as,
+                                       uint64_t gpa,
+                                       uint64_t size,
+                                       uint64_t *bitmap,
+                                       uint32_t flags);
+
+/**
+ * Writes into `bitmap` (laid out as for `axalloc_dirty_log_get`) which
+ * pages of `[gpa, gpa + size)` were accessed — read, written or executed
+ * by the guest, or copied by `axalloc_read` / `axalloc_write` — since a get
+ * with `AXALLOC_BITMAP_CLEAR` last covered them, or since they were
+ * installed by a fault (working-set estimation, page aging: KVM's young
+ * bits). Alloc and linear ranges both; a huge leaf reports all its pages.
+ * With `AXALLOC_BITMAP_CLEAR` the accessed bit of every leaf the range
+ * covers whole is cleared (a huge leaf only partly covered keeps it), and
+ * one `flush_tlb` covering them runs before the call returns.
+ *
+ * How: each format's accessed bit (EPT bit 8 with EPTP bit 6, which
+ * `axalloc_as_hw` sets; NPT bit 5; Arm AF; RISC-V A). Where the CPU
+ * manages it (EPT with A/D, NPT, Arm with VTCR_EL2.HA, RISC-V with Svadu
+ * and henvcfg.ADUE) it sets the bit again on the next access; where it
+ * does not, that access faults (Arm access flag fault, RISC-V guest page
+ * fault) and `axalloc_handle_fault` sets it and answers `AXALLOC_OK`.
+ * Pages populated or prefaulted (not faulted) start with the bit clear on
+ * x86 and set on Arm / RISC-V, whose leaves always carry it when installed.
+ *
+ * Returns:
+ * - `AXALLOC_OK`.
+ * - `AXALLOC_ERR_INVALID`: NULL `as` or `bitmap` (or misaligned); unaligned,
+ *   empty, overflowing, or outside the window; a flag besides
+ *   `AXALLOC_BITMAP_CLEAR`.
+ * - `AXALLOC_ERR_NOT_MAPPED`: a part of the range has no region.
+ * - `AXALLOC_ERR_HOOK`: `phys_to_virt` broke its contract.
+ * - `AXALLOC_ERR_INTERNAL`: a broken invariant (a bug).
+ *
+ * Thread-safe and concurrent (the shared lock); calls `phys_to_virt`,
+ * `relax`, and `flush_tlb` after the lock is released.
+ *
+ * # Safety
+ * `as` is NULL or a live handle; `bitmap` has the words above, writable.
+ */
+axalloc_status_t axalloc_young_get(axalloc_as_t *as,
+                                   uint64_t gpa,
+                                   uint64_t size,
+                                   uint64_t *bitmap,
+                                   uint32_t flags);
+
+/**
+ * Writes into `bitmap` (laid out as for `axalloc_dirty_log_get`) which
+ * pages of `[gpa, gpa + size)` hold a page: alloc pages with a frame
+ * installed (sealed ones included: see `axalloc_protect`), linear pages
+ * always; pages no region covers read 0. A snapshot: what a migration
+ * copies before its first dirty round.
+ *
+ * Returns:
+ * - `AXALLOC_OK`.
+ * - `AXALLOC_ERR_INVALID`: NULL `as` or `bitmap` (or misaligned); unaligned,
+ *   empty, overflowing, or outside the window.
+ * - `AXALLOC_ERR_HOOK`: `phys_to_virt` broke its contract.
+ * - `AXALLOC_ERR_INTERNAL`: a broken invariant (a bug).
+ *
+ * Thread-safe and concurrent (the shared lock); calls `phys_to_virt` and
+ * `relax`.
+ *
+ * # Safety
+ * `as` is NULL or a live handle; `bitmap` has the words above, writable.
+ */
+axalloc_status_t axalloc_present_bitmap(const axalloc_as_t *as,
+                                        uint64_t gpa,
+                                        uint64_t size,
+                                        uint64_t *bitmap);
 
 /**
  * Resolves a stage-2 fault at `gpa` (any byte of the page) for `access`, a

@@ -77,6 +77,11 @@ impl Access {
         flags.contains(self.0)
     }
 
+    /// True if the access writes.
+    pub const fn writes(self) -> bool {
+        self.0.contains(Flags::WRITE)
+    }
+
     /// The access in page_table_multiarch's vocabulary.
     pub fn to_mapping(self) -> MappingFlags {
         self.0.to_mapping()

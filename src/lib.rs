@@ -41,6 +41,7 @@ pub mod flags;
 pub mod format;
 pub mod frames;
 pub mod hooks;
+pub mod logs;
 pub mod region;
 pub mod reserve;
 pub mod space;

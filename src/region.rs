@@ -23,6 +23,11 @@ use crate::hooks::Hooks;
 pub enum Backend {
     /// Frames from `alloc_frame`, eagerly (populate) or on first fault.
     Alloc,
+    /// As `Alloc`, while a dirty-logged range overlaps the region: faults
+    /// take the general path, which keeps the log (`logs.rs`). A variant,
+    /// not a flag, so that the lean fault's one backend test routes them at
+    /// no cost.
+    AllocLogged,
     /// A fixed host-physical range: `gpa` maps to `hpa + (gpa - start)`.
     Linear {
         /// Host-physical address of the region's first byte.
@@ -41,6 +46,14 @@ pub struct Region {
     pub backend: Backend,
     /// What the guest may do (and the memory type).
     pub flags: Flags,
+}
+
+impl Backend {
+    /// Guest RAM from the hooks (logged or not).
+    #[inline]
+    pub fn is_alloc(self) -> bool {
+        matches!(self, Backend::Alloc | Backend::AllocLogged)
+    }
 }
 
 impl Region {
@@ -65,6 +78,7 @@ impl Region {
         let e = if self.end < end { self.end } else { end };
         let backend = match self.backend {
             Backend::Alloc => Backend::Alloc,
+            Backend::AllocLogged => Backend::AllocLogged,
             Backend::Linear { hpa } => Backend::Linear {
                 hpa: Hpa::from_usize(hpa.as_usize() + (s.as_usize() - self.start.as_usize())),
             },
@@ -267,6 +281,22 @@ impl RegionSet {
                 break;
             }
             f(r.clipped(start, end))?;
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Gives every region overlapping `[start, end)` — whole, not clipped —
+    /// the backend `f` picks for it (dirty logging flips alloc regions
+    /// between `Alloc` and `AllocLogged`). Regions do not move.
+    pub fn set_backends(&mut self, start: Gpa, end: Gpa, f: impl Fn(&Region) -> Backend) -> Result {
+        let mut i = self.first_ending_after(start);
+        while let Some(mut r) = self.get(i) {
+            if r.start >= end {
+                break;
+            }
+            r.backend = f(&r);
+            self.set(i, r)?;
             i += 1;
         }
         Ok(())

@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::flags::{Access, Flags};
 use crate::format::{self, Entry, Format, FormatKind, level_size, with_format};
 use crate::hooks::Hooks;
+use crate::logs::Logs;
 use crate::region::{Backend, Region, RegionSet, Spare};
 use crate::reserve::Reserve;
 use crate::stats::{Counters, Stats};
@@ -36,6 +37,8 @@ use crate::table::protect::{Part, Protected};
 use crate::table::stock::TableStock;
 use crate::table::unmap::DetachCtx;
 use crate::table::{TablePool, Walker, read};
+
+mod track;
 
 /// One leaf template per combination of region flags.
 const LEAF_TEMPLATES: usize = Flags::ALL.bits() as usize + 1;
@@ -47,7 +50,9 @@ fn leaf_templates<F: Format>(config: &Config) -> [u64; LEAF_TEMPLATES] {
     let mut t = [0; LEAF_TEMPLATES];
     for (bits, slot) in t.iter_mut().enumerate() {
         if let Some(flags) = Flags::from_bits(bits as u32) {
-            *slot = format::leaf::<F>(Hpa::from_usize(0), config.mapping(flags), 0, true);
+            // A faulted page was just accessed (`axalloc_young_get`).
+            *slot = format::leaf::<F>(Hpa::from_usize(0), config.mapping(flags), 0, true)
+                | F::ACCESSED;
         }
     }
     t
@@ -151,6 +156,8 @@ pub struct Maps {
     pub regions: RegionSet,
     /// Ranges maps / unmaps are working on without the lock.
     pub claims: Claims,
+    /// Dirty-logged ranges and their bitmaps.
+    pub logs: Logs,
 }
 
 /// Waiting for the lock calls the host's `relax` hook.
@@ -298,6 +305,7 @@ impl AddrSpace {
             maps: RwLock::new(Maps {
                 regions: RegionSet::new(),
                 claims: Claims::new(),
+                logs: Logs::new(),
             }),
         };
         // SAFETY: `ptr` is the host's view of a whole, suitably aligned frame
@@ -327,7 +335,15 @@ impl AddrSpace {
             // An error here means a broken table: free what can be reached.
             let _ = unsafe { w.release_all() };
         });
-        space.lock_exclusive().regions.release(&hooks);
+        let logs = {
+            let mut m = space.lock_exclusive();
+            m.regions.release(&hooks);
+            m.logs.take_all()
+        };
+        for log in logs.into_iter().flatten() {
+            // SAFETY: out of the registry; no other thread uses the space.
+            unsafe { log.free(&hooks) };
+        }
         space.reserve.drain(&hooks);
         // SAFETY: nothing refers to the object any more; drop it in place,
         // then return its frame.
@@ -428,6 +444,7 @@ impl AddrSpace {
         }
         if m.claims
             .overlaps(r.start.as_usize(), r.end.as_usize(), None)
+            || m.logs.overlaps(r.start.as_usize(), r.end.as_usize())
         {
             return Err(Error::Busy);
         }
@@ -676,16 +693,16 @@ impl AddrSpace {
 
     fn protect_in<F: Format>(&self, start: Gpa, end: Gpa, rights: u32) -> Result {
         let w = self.walker::<F>();
-        let part = |r: Region| {
-            let c = r.clipped(start, end);
+        fn part<'l>(r: Region, rights: u32, logs: Option<(&'l Logs, &'l Hooks)>) -> Part<'l> {
             Part {
-                start: c.start.as_usize(),
-                end: c.end.as_usize(),
-                alloc: r.backend == Backend::Alloc,
+                start: r.start.as_usize(),
+                end: r.end.as_usize(),
+                alloc: r.backend.is_alloc(),
                 default: r.flags.bits() & Flags::RWX.bits(),
                 new: rights,
+                log: logs.filter(|_| r.backend == Backend::AllocLogged),
             }
-        };
+        }
         // 1. Check, count, claim.
         let (mut claim, splits, tables) = {
             let mut m = self.lock_exclusive();
@@ -696,7 +713,7 @@ impl AddrSpace {
             let splits = w.split_tables_needed(start, end)?;
             let mut tables = 0;
             m.regions.for_each_in(start, end, |r| {
-                tables += w.protect_tables_needed(&part(r))?;
+                tables += w.protect_tables_needed(&part(r, rights, None))?;
                 Ok(())
             })?;
             let claim = m.claims.claim(start, end, Purpose::Protect)?;
@@ -721,7 +738,12 @@ impl AddrSpace {
             let m = self.lock_shared();
             let mut out = Protected::default();
             m.regions.for_each_in(start, end, |r| {
-                w.protect(m.token(), &part(r), &mut stock, &mut out)
+                w.protect(
+                    m.token(),
+                    &part(r, rights, Some((&m.logs, &self.hooks))),
+                    &mut stock,
+                    &mut out,
+                )
             })?;
             drop(m);
             // 5. One flush if a right was taken away.
@@ -834,6 +856,10 @@ impl AddrSpace {
             None => Err(Error::NotMapped),
             Some(r) => {
                 let page = Gpa::from_usize(gpa.as_usize() & !(FRAME_SIZE - 1));
+                let log = match r.backend {
+                    Backend::AllocLogged => m.logs.find(page.as_usize()).map(|l| (l, &self.hooks)),
+                    _ => None,
+                };
                 let done = alloc::fault_in::<F>(
                     &w,
                     m.token(),
@@ -841,6 +867,7 @@ impl AddrSpace {
                     r,
                     |flags| self.leaf_template(flags),
                     access,
+                    log,
                     &mut leftover,
                 );
                 if let Ok(alloc::Faulted::Installed) = done {
@@ -937,7 +964,7 @@ impl AddrSpace {
             }
             next = r.end;
             device |= r.flags.contains(Flags::DEVICE);
-            if find_holes && r.backend == Backend::Alloc && !hole {
+            if find_holes && r.backend.is_alloc() && !hole {
                 let mut page = r.start.as_usize();
                 while page < r.end.as_usize() {
                     if self.walker::<F>().lookup(Gpa::from_usize(page))?.is_none() {
@@ -977,7 +1004,8 @@ impl AddrSpace {
                     (_, None) => return Err(Error::Internal),
                 }
                 Ok(())
-            })
+            })?;
+            self.touched::<F>(&m, start, end, false)
         })
     }
 
@@ -1014,6 +1042,7 @@ impl AddrSpace {
                     }
                     Ok(())
                 })
+                .and_then(|()| self.touched::<F>(&m, start, end, true))
             };
             drop(m);
             // What merged spines kept, never visible: freed unlocked.
@@ -1033,7 +1062,7 @@ impl AddrSpace {
         m: &ReadGuard<'_, Maps>,
         p: &mut Prepared<'t>,
     ) -> Result {
-        let mut src = Fill::<F>::new(&m.regions, self.config.device_pbmt());
+        let mut src = Fill::<F>::new(&m.regions, &m.logs, &self.hooks, self.config.device_pbmt());
         if let Err(e) = w.prepare(p, &mut src) {
             // Under the lock (a map/unmap could otherwise meet the parked
             // entries): the one place `free_frame` runs under it, on this
@@ -1055,7 +1084,7 @@ impl AddrSpace {
                 return Err(Error::NotMapped);
             }
             next = r.end;
-            linear |= r.backend != Backend::Alloc;
+            linear |= !r.backend.is_alloc();
             Ok(())
         })?;
         if next != end {
@@ -1116,7 +1145,9 @@ impl AddrSpace {
             let Unmapping { guard, claim, .. } = ctx;
             drop(guard);
             let window = (self.config.base.as_usize(), self.config.end());
-            let result = detached.and_then(|d| w.reclaim(d.flush(&self.hooks, window)));
+            let result = detached
+                .and_then(|d| w.reclaim(d.flush(&self.hooks, window)))
+                .and_then(|()| self.discarded(start, end));
             self.lock_exclusive().claims.release(claim);
             result
         })

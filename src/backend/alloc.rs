@@ -16,7 +16,9 @@ use crate::error::{Error, Result};
 use crate::flags::{Access, Flags};
 use crate::format::{self, Format};
 use crate::frames::Frames;
-use crate::region::{Backend, Region, RegionSet};
+use crate::hooks::Hooks;
+use crate::logs::{Log, Logs, Map};
+use crate::region::{Region, RegionSet};
 use crate::sync::Shared;
 use crate::table::install::{Installed, Probe};
 use crate::table::map::LeafSource;
@@ -55,9 +57,12 @@ impl<F: Format> LeafSource<F> for Populate<F> {
 }
 
 /// Leaves for the holes of the lazy regions a hypervisor write covers: each
-/// with its own region's rights. Present pages are kept.
+/// with its own region's rights. Present pages are kept. In a dirty-logged
+/// range a writable page starts armed (write-protected).
 pub struct Fill<'r, F: Format> {
     regions: &'r RegionSet,
+    logs: &'r Logs,
+    hooks: &'r Hooks,
     /// DEVICE reaches the encoder (see `Config::device_pbmt`).
     device: bool,
     _format: PhantomData<F>,
@@ -65,12 +70,29 @@ pub struct Fill<'r, F: Format> {
 
 impl<'r, F: Format> Fill<'r, F> {
     /// Holes of the alloc regions in `regions` (the caller holds the lock
-    /// that keeps them).
-    pub fn new(regions: &'r RegionSet, device: bool) -> Self {
+    /// that keeps them and `logs`).
+    pub fn new(regions: &'r RegionSet, logs: &'r Logs, hooks: &'r Hooks, device: bool) -> Self {
         Self {
             regions,
+            logs,
+            hooks,
             device,
             _format: PhantomData,
+        }
+    }
+
+    /// `rights` (`Flags` bits) as a page at `gpa` is installed with: write
+    /// taken away — and the page armed — if it is dirty-logged.
+    fn logged(&self, gpa: Gpa, rights: u32) -> Result<u32> {
+        if rights & Flags::WRITE.bits() == 0 || self.logs.is_empty() {
+            return Ok(rights);
+        }
+        match self.logs.find(gpa.as_usize()) {
+            Some(log) => {
+                log.set(self.hooks, Map::Armed, gpa.as_usize())?;
+                Ok(rights & !Flags::WRITE.bits())
+            }
+            None => Ok(rights),
         }
     }
 }
@@ -85,15 +107,22 @@ impl<F: Format> LeafSource<F> for Fill<'_, F> {
     fn leaf(&mut self, frames: &Frames<'_>, gpa: Gpa, _level: usize) -> Result<u64> {
         // Linear regions are always fully present: only alloc pages are holes.
         let region = self.regions.find(gpa).ok_or(Error::Internal)?;
-        if region.backend != Backend::Alloc {
+        if !region.backend.is_alloc() {
             return Err(Error::Internal);
         }
+        let rights = self.logged(gpa, region.flags.bits() & Flags::RWX.bits())?;
         let hpa = frames.alloc_guest_unzeroed()?;
-        let mut flags = region.flags.to_mapping();
+        let mut flags = Flags::from_bits(rights | (region.flags.bits() & Flags::DEVICE.bits()))
+            .ok_or(Error::Internal)?
+            .to_mapping();
         if !self.device {
             flags -= page_table_multiarch::MappingFlags::DEVICE;
         }
         Ok(format::leaf::<F>(hpa, flags, 0, true))
+    }
+
+    fn lazy_rights(&mut self, gpa: Gpa, rights: u32) -> Result<u32> {
+        self.logged(gpa, rights)
     }
 }
 
@@ -167,16 +196,49 @@ pub fn fault_in<F: Format>(
     region: &Region,
     template: impl Fn(Flags) -> u64,
     access: Access,
+    log: Option<(&Log, &Hooks)>,
     leftover: &mut Leftover,
 ) -> Result<Faulted> {
     let probe = walker.probe(gpa)?;
+    let writes = access.writes();
     let slot = match probe {
-        Probe::Present(raw) if format::leaf_allows::<F>(raw, access.to_mapping()) => {
+        Probe::Present(entry, raw) if format::leaf_allows::<F>(raw, access.to_mapping()) => {
+            // Access tracking cleared the accessed bit and this CPU does not
+            // set it itself (the access faulted): set it.
+            if raw & F::ACCESSED == 0 {
+                let _ = entry.compare_exchange(raw, raw | F::ACCESSED, Ordering::AcqRel, Ordering::Relaxed);
+            }
             return Ok(Faulted::Spurious);
         }
-        Probe::Present(_) | Probe::Sealed => return Err(Error::Access),
+        // The first write to a logged page since it was armed: write
+        // access back, and the page is dirty (after the entry changed: a
+        // get that takes the bit first re-arms a page that is writable —
+        // this write faults again; one that comes later sees the bit).
+        Probe::Present(entry, raw) if writes => {
+            let Some((log, hooks)) = log else {
+                return Err(Error::Access);
+            };
+            let page = gpa.as_usize();
+            if !log.test(hooks, Map::Armed, page)? {
+                return Err(Error::Access);
+            }
+            let rights = format::leaf_rights::<F>(raw) | Flags::WRITE.bits();
+            let m = Flags::from_bits(rights).ok_or(Error::Internal)?.to_mapping();
+            if !format::leaf_allows::<F>(F::with_rights(raw, m), access.to_mapping()) {
+                return Err(Error::Access);
+            }
+            let want = F::with_rights(raw, m) | F::ACCESSED;
+            if entry
+                .compare_exchange(raw, want, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                log.set(hooks, Map::Dirty, page)?;
+            }
+            return Ok(Faulted::Spurious);
+        }
+        Probe::Present(..) | Probe::Sealed => return Err(Error::Access),
         Probe::Frozen => return Ok(Faulted::Spurious),
-        _ if region.backend != Backend::Alloc => return Ok(Faulted::Spurious),
+        _ if !region.backend.is_alloc() => return Ok(Faulted::Spurious),
         Probe::Lazy(slot, seen) => Some((slot, seen)),
         Probe::Slot(slot, seen) => Some((slot, seen)),
         Probe::Missing(_) => None,
@@ -193,6 +255,18 @@ pub fn fault_in<F: Format>(
     if !access.allowed_by(flags) {
         return Err(Error::Access);
     }
+    // Logged: a writable page installed by a read or a fetch starts armed
+    // (write-protected); one installed by a write starts dirty.
+    let mut install = flags;
+    if let Some((log, hooks)) = log
+        && flags.contains(Flags::WRITE)
+    {
+        log.set(hooks, Map::Armed, gpa.as_usize())?;
+        if !writes {
+            install = Flags::from_bits(flags.bits() & !Flags::WRITE.bits()).ok_or(Error::Internal)?;
+        }
+    }
+    let flags = install;
     if let Probe::Missing(n) = probe {
         walker.reserve_tables(n, &mut leftover.pool)?;
     }
@@ -212,6 +286,11 @@ pub fn fault_in<F: Format>(
     };
     match installed {
         Ok(Installed::Yes) => {
+            if let Some((log, hooks)) = log
+                && writes
+            {
+                log.set(hooks, Map::Dirty, gpa.as_usize())?;
+            }
             frames.installed_by_fault();
             Ok(Faulted::Installed)
         }

@@ -200,6 +200,7 @@ impl<const LEVELS: usize, const ROOT_ORDER: u32> Format for ArmS2<LEVELS, ROOT_O
     const EMPTY: u64 = 0;
     const HW_BITS: u64 = AF;
     const PARK_TAG: u64 = PARKED;
+    const ACCESSED: u64 = AF;
     const RIGHTS: u64 = S2AP_R | S2AP_W | XN;
     // Arm ARM D8.3 (invalid descriptors): bits 63:1 are ignored when bit 0
     // is 0; 61:60 are never set in our descriptors.

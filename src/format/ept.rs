@@ -173,6 +173,7 @@ impl<const LEVELS: usize> Format for EptN<LEVELS> {
     const EMPTY: u64 = SUPPRESS_VE;
     const HW_BITS: u64 = ACCESSED | DIRTY;
     const PARK_TAG: u64 = PARKED;
+    const ACCESSED: u64 = ACCESSED;
     const RIGHTS: u64 = RWX;
     // SDM vol. 3C, 29.3.2: bits 62:3 of an entry with bits 2:0 clear are
     // ignored; 61 and 60 are used by nothing else here (the parked stash is

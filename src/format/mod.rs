@@ -90,6 +90,11 @@ pub trait Format: Sized + 'static {
     /// The bits that hold a present leaf's rights (read, write, execute, and
     /// what must change with them: RISC-V's D, set in every writable leaf).
     const RIGHTS: u64;
+    /// The accessed bit of a leaf: EPT bit 8 (with EPTP bit 6, A/D enable),
+    /// NPT bit 5, Arm AF (bit 10), RISC-V A (bit 6). Access tracking clears
+    /// it; the hardware sets it again on the next access where it manages
+    /// A/D, and elsewhere the access faults and the fault sets it.
+    const ACCESSED: u64;
     /// Software, non-present entries only: a *lazy* entry — a page never
     /// touched whose rights differ from its region's (set by protect); the
     /// rights wait in bits 14:12 ([`Format::lazy`]). Also set in a parked
@@ -526,9 +531,11 @@ impl FormatKind {
         let (root_pointer, vtcr) = match self.family() {
             // EPTP (Intel SDM vol. 3C, "Extended-Page-Table Pointer
             // (EPTP)"): bits 2:0 memory type 6 (write-back), bits 5:3 the
-            // page-walk length minus 1, bit 6 (A/D enable) 0 — the library
-            // neither sets nor needs accessed/dirty bits.
-            Family::Ept => (root | ((levels as u64 - 1) << 3) | 6, 0),
+            // page-walk length minus 1, bit 6 A/D enable: the processor
+            // sets accessed bits, which access tracking reads
+            // (`axalloc_young_get`; SDM vol. 3C, "Accessed and Dirty Flags
+            // for EPT").
+            Family::Ept => (root | 1 << 6 | ((levels as u64 - 1) << 3) | 6, 0),
             // nCR3: the root with PWT = PCD = 0; 5 levels need an LA57 host.
             Family::Npt => (root, 0),
             // VTTBR_EL2: BADDR = the root (aligned to the concatenated

@@ -162,6 +162,7 @@ impl<const LEVELS: usize> Format for NptN<LEVELS> {
     const EMPTY: u64 = 0;
     const HW_BITS: u64 = ACCESSED | DIRTY;
     const PARK_TAG: u64 = PARKED;
+    const ACCESSED: u64 = ACCESSED;
     const RIGHTS: u64 = WRITE | NX;
     // APM vol. 2, "Not-present" entries: with P = 0 bits 63:1 are available
     // to software; 61:60 are never set in our leaves (protection keys are

@@ -193,6 +193,7 @@ impl<const LEVELS: usize> Format for Riscv<LEVELS> {
     const EMPTY: u64 = 0;
     const HW_BITS: u64 = A | D;
     const PARK_TAG: u64 = PARKED;
+    const ACCESSED: u64 = A;
     const RIGHTS: u64 = R | W | X | D;
     // Privileged spec, "Sv39 Implementation" (V = 0: the other bits are
     // ignored); 60:59 are reserved in valid leaves, so never set in the

@@ -12,8 +12,8 @@ use super::{TablePool, Walker};
 
 /// What a fault's walk found.
 pub enum Probe<'t> {
-    /// A leaf maps the address already: its value.
-    Present(u64),
+    /// A leaf maps the address already: the entry and its value.
+    Present(&'t AtomicU64, u64),
     /// A parked entry is on the way: another operation is changing this part
     /// of the table. The fault is spurious; the guest re-faults.
     Frozen,
@@ -47,7 +47,7 @@ impl<'a, F: Format> Walker<'a, F> {
     pub fn probe(&self, gpa: Gpa) -> Result<Probe<'_>> {
         let f = self.find(gpa)?.ok_or(Error::Internal)?;
         Ok(match f.decode::<F>() {
-            Entry::Leaf { .. } => Probe::Present(f.raw),
+            Entry::Leaf { .. } => Probe::Present(f.entry, f.raw),
             Entry::Sealed { .. } => Probe::Sealed,
             Entry::Lazy { .. } if f.level == 0 => Probe::Lazy(f.entry, f.raw),
             Entry::Lazy { .. } => return Err(Error::Internal),

@@ -43,6 +43,12 @@ pub trait LeafSource<F: Format> {
     /// frame from `frames`, if the backend owns frames; the walker zeroes
     /// owned frames before they can become visible).
     fn leaf(&mut self, frames: &Frames<'_>, gpa: Gpa, level: usize) -> Result<u64>;
+    /// The rights a lazy entry's page (`FILL_HOLES`) is installed with,
+    /// given the entry's: dirty logging takes write away until the guest's
+    /// first write.
+    fn lazy_rights(&mut self, _gpa: Gpa, rights: u32) -> Result<u32> {
+        Ok(rights)
+    }
 }
 
 /// A detached table built for an empty entry the range shares.
@@ -94,6 +100,7 @@ impl<'a, F: Format> Walker<'a, F> {
                 // frame gets those rights (none: it stays sealed), and a
                 // rollback puts the lazy entry back (`Walker::after_release`).
                 Entry::Lazy { rights } if S::FILL_HOLES && level == 0 => {
+                    let rights = src.lazy_rights(Gpa::from_usize(s.lo), rights)?;
                     let leaf = src.leaf(&self.frames, Gpa::from_usize(s.lo), 0)?;
                     if let Err(e) = self.zero_if_owned(leaf, 0) {
                         // SAFETY: our leaf was never visible.

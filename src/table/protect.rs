@@ -30,6 +30,8 @@ use core::sync::atomic::Ordering;
 use crate::error::{Error, Result};
 use crate::flags::Flags;
 use crate::format::{self, Entry, Format, level_size};
+use crate::hooks::Hooks;
+use crate::logs::{Logs, Map};
 use crate::sync::Shared;
 
 use super::Walker;
@@ -37,8 +39,8 @@ use super::iter::{Descend, Iter, Visit};
 use super::stock::TableStock;
 
 /// One region's part of a protect.
-#[derive(Clone, Copy, Debug)]
-pub struct Part {
+#[derive(Clone, Copy)]
+pub struct Part<'l> {
     /// The part, `[start, end)`.
     pub start: usize,
     /// See `start`.
@@ -49,13 +51,36 @@ pub struct Part {
     pub default: u32,
     /// The new rights (0: none).
     pub new: u32,
+    /// The dirty-logged ranges, if the part's region has one (with the hooks
+    /// that reach their bitmaps): a writable page stays write-protected until the
+    /// guest's next write (armed), unless it is writable now (dirty).
+    pub log: Option<(&'l Logs, &'l Hooks)>,
 }
 
-impl Part {
+impl Part<'_> {
     /// Never-touched pages of this part need a lazy entry.
     fn wants_lazy(&self) -> bool {
         self.alloc && self.new != self.default
     }
+
+    /// The rights a present page at `gpa` gets: `new`, but in a logged
+    /// range write only if the page has it now (it is dirty already); the
+    /// armed bit follows whether write is among the rights.
+    fn logged(&self, gpa: usize, new: u32, has_w: bool) -> Result<u32> {
+        let Some((log, hooks)) = self.log.and_then(|(l, h)| Some((l.find(gpa)?, h))) else {
+            return Ok(new);
+        };
+        if new & Flags::WRITE.bits() == 0 {
+            log.clear(hooks, Map::Armed, gpa)?;
+            return Ok(new);
+        }
+        log.set(hooks, Map::Armed, gpa)?;
+        Ok(if has_w { new } else { new & !Flags::WRITE.bits() })
+    }
+}
+
+fn to_mapping(rights: u32) -> Result<page_table_multiarch::MappingFlags> {
+    Ok(Flags::from_bits(rights).ok_or(Error::Internal)?.to_mapping())
 }
 
 /// The span of present leaves that lost a right: what the flush must cover.
@@ -121,7 +146,6 @@ impl<'a, F: Format> Walker<'a, F> {
         out: &mut Protected,
     ) -> Result {
         let new = part.new;
-        let rights = Flags::from_bits(new).ok_or(Error::Internal)?.to_mapping();
         let lazy = part.wants_lazy();
         let mut it = Iter::root(self, part.start, part.end, Descend::Present)?;
         while let Some(v) = it.next()? {
@@ -163,10 +187,12 @@ impl<'a, F: Format> Walker<'a, F> {
                     if !s.whole() {
                         return Err(Error::Internal);
                     }
+                    let has_w = format::leaf_rights::<F>(s.raw) & Flags::WRITE.bits() != 0;
+                    let r = part.logged(s.base, new, has_w)?;
                     let want = if new == 0 {
                         F::seal(s.raw)
                     } else {
-                        F::with_rights(s.raw, rights)
+                        F::with_rights(s.raw, to_mapping(r)?)
                     };
                     if want == s.raw {
                         continue;
@@ -188,7 +214,8 @@ impl<'a, F: Format> Walker<'a, F> {
                     if !s.whole() {
                         return Err(Error::Internal);
                     }
-                    if !cas(F::with_rights(F::unseal(s.raw), rights)) {
+                    let r = part.logged(s.base, new, false)?;
+                    if !cas(F::with_rights(F::unseal(s.raw), to_mapping(r)?)) {
                         it.retry();
                     }
                 }

@@ -194,11 +194,11 @@ fn gpa_bits_choose_levels_and_root_pages_as_kvm_does() {
 #[test]
 fn hw_register_values_follow_the_manuals() {
     let root = Hpa::from_u64(0x8000_4000);
-    // EPTP: WB (6) | walk length - 1 at 5:3; A/D enable 0.
+    // EPTP: WB (6) | walk length - 1 at 5:3 | A/D enable (bit 6).
     let (k, b) = FormatKind::choose(Family::Ept, 0).unwrap();
-    assert_eq!(k.hw(root, b).root_pointer, 0x8000_401e);
+    assert_eq!(k.hw(root, b).root_pointer, 0x8000_405e);
     let (k, b) = FormatKind::choose(Family::Ept, 57).unwrap();
-    assert_eq!(k.hw(root, b).root_pointer, 0x8000_4026);
+    assert_eq!(k.hw(root, b).root_pointer, 0x8000_4066);
     let (k, b) = FormatKind::choose(Family::Npt, 57).unwrap();
     assert_eq!(k.hw(root, b).root_pointer, 0x8000_4000);
     // hgatp: MODE 8/9/10 at 63:60, VMID 0, PPN.
