@@ -35,14 +35,6 @@
 #include "frame_pool.h"
 #include "layout.h"
 
-#ifndef AXALLOC_BITMAP_CLEAR /* TEMP until main has issue 12: remove */
-#define AXALLOC_BITMAP_CLEAR (1u << 16)
-axalloc_status_t axalloc_dirty_log_start(axalloc_as_t *as, uint64_t gpa, uint64_t size);
-axalloc_status_t axalloc_dirty_log_stop(axalloc_as_t *as, uint64_t gpa, uint64_t size);
-axalloc_status_t axalloc_dirty_log_get(axalloc_as_t *as, uint64_t gpa, uint64_t size, uint64_t *bitmap, uint32_t flags);
-axalloc_status_t axalloc_present_bitmap(const axalloc_as_t *as, uint64_t gpa, uint64_t size, uint64_t *bitmap);
-#endif
-
 #define COPY_CHUNK_PAGES 256          /* 1 MiB per axalloc_read / axalloc_write */
 #define FAULT_SAMPLES    (1u << 16)
 
@@ -57,6 +49,12 @@ struct mig {
     uint64_t passes, verified;                    /* reported by the guest (UINT64_MAX: not yet) */
     atomic_uint_fast64_t faults, write_faults;    /* handled by the vCPU thread */
     atomic_bool logging;                          /* write faults while the log runs are timed */
+    /* Which get each logged write fault followed: get_seq is incremented
+     * just before every axalloc_dirty_log_get; fault_seq[page] = get_seq
+     * when that page's last logged write fault began, + 1 (0: none). */
+    atomic_uint_fast64_t get_seq;
+    atomic_uint_fast64_t *fault_seq;
+    uint64_t ram_pages;
     uint64_t *fault_ns;                           /* handle_fault of logged write faults */
     atomic_uint_fast64_t nfault_ns;
     uint64_t fill_ns;
@@ -153,6 +151,7 @@ static void *vcpu_thread(void *arg)
                 return NULL;
             }
             const bool timed = atomic_load(&m->logging) && access == AXALLOC_WRITE;
+            const uint64_t seq = atomic_load(&m->get_seq);
             const uint64_t f0 = now_ns();
             axalloc_status_t st = axalloc_handle_fault(atomic_load(&m->as), cr2, access);
             const uint64_t f1 = now_ns();
@@ -166,6 +165,8 @@ static void *vcpu_thread(void *arg)
             if (access == AXALLOC_WRITE)
                 atomic_fetch_add(&m->write_faults, 1);
             if (timed) {
+                if (cr2 >= RAM_VA && (cr2 - RAM_VA) / PAGE_SIZE < m->ram_pages)
+                    atomic_store(&m->fault_seq[(cr2 - RAM_VA) / PAGE_SIZE], seq + 1);
                 uint64_t i = atomic_fetch_add(&m->nfault_ns, 1);
                 if (i < FAULT_SAMPLES)
                     m->fault_ns[i] = f1 - f0;
@@ -253,6 +254,22 @@ static uint64_t copy_pages(axalloc_as_t *src, axalloc_as_t *dst, const uint64_t 
     return n;
 }
 
+/* Pages bm reports that no logged write fault explains: get number s may
+ * report a page whose write fault began after get s-1 began (it re-armed
+ * the page), or after get s-2 began if that fault raced get s-1 ("reported
+ * by this get or by the next one"). Anything else was never written. */
+static uint64_t unexplained(struct mig *m, const uint64_t *bm, uint64_t s)
+{
+    uint64_t bad = 0;
+    for (uint64_t p = 0; p < m->ram_pages; p++) {
+        if (!(bm[p / 64] >> (p % 64) & 1))
+            continue;
+        const uint64_t f = atomic_load(&m->fault_seq[p]);
+        bad += f == 0 || f - 1 + 2 < s;
+    }
+    return bad;
+}
+
 static uint64_t pool_flush_count(struct frame_pool *p)
 {
     pthread_mutex_lock(&p->lock);
@@ -325,11 +342,13 @@ int run_migrate(int kvm, const struct opts *o)
            "every %" PRIu64 "th other page (k mod %" PRIu64 "); pre-copy stops at <= %" PRIu64 " pages or after %"
            PRIu64 " rounds\n", hot, o->mig_stride, o->mig_stride, o->mig_stop, o->mig_rounds);
     m.fault_ns = calloc(FAULT_SAMPLES, sizeof(*m.fault_ns));
+    m.fault_seq = calloc(pages, sizeof(*m.fault_seq));
+    m.ram_pages = pages;
     bm = calloc(words, sizeof(*bm));
     prev = calloc(words, sizeof(*prev));
     buf = malloc(COPY_CHUNK_PAGES * PAGE_SIZE);
     buf2 = malloc(COPY_CHUNK_PAGES * PAGE_SIZE);
-    if (!m.fault_ns || !bm || !prev || !buf || !buf2)
+    if (!m.fault_ns || !m.fault_seq || !bm || !prev || !buf || !buf2)
         goto out;
     if (vm_create(&v, kvm, slot_size) < 0 || pool_init(&pool, v.slot, slot_size, POOL_GPA, pool_frames) < 0)
         goto out;
@@ -373,6 +392,7 @@ int run_migrate(int kvm, const struct opts *o)
 
     /* ---- 2. pre-copy while the guest writes */
     const uint64_t t_mig = now_ns();
+    atomic_store(&m.logging, true);   /* faults during the start may already be logged writes */
     uint64_t t0 = now_ns();
     st = axalloc_dirty_log_start(src, RAM_VA, mem);
     const uint64_t start_ns = now_ns() - t0;
@@ -380,7 +400,6 @@ int run_migrate(int kvm, const struct opts *o)
           axalloc_status_str(st), ms(start_ns));
     if (st != AXALLOC_OK)
         goto out;
-    atomic_store(&m.logging, true);
     uint64_t copy_err = 0, copied_total = 0;
     t0 = now_ns();
     st = axalloc_present_bitmap(src, RAM_VA, mem, bm);
@@ -392,13 +411,14 @@ int run_migrate(int kvm, const struct opts *o)
     copied_total += c;
     printf("  round  0: %6" PRIu64 " present pages (axalloc_present_bitmap), copy %6.2f ms; guest write faults meanwhile %" PRIu64 "\n",
            c, ms(now_ns() - t0), (uint64_t)atomic_load(&m.write_faults) - wf0);
-    uint64_t rounds = 0, flush_bad = 0, last_n = pages, rewritten = 0;
+    uint64_t rounds = 0, flush_bad = 0, last_n = pages, rewritten = 0, unexplained_total = 0;
 
     bool converged = false;
     while (rounds < o->mig_rounds) {
         rounds++;
         wf0 = atomic_load(&m.write_faults);
         const uint64_t fl0 = pool_flush_count(&pool);
+        const uint64_t seq = atomic_fetch_add(&m.get_seq, 1) + 1;
         t0 = now_ns();
         st = axalloc_dirty_log_get(src, RAM_VA, mem, bm, AXALLOC_BITMAP_CLEAR);
         const uint64_t t1 = now_ns();
@@ -413,6 +433,8 @@ int run_migrate(int kvm, const struct opts *o)
         n = popcount_bm(bm, words);
         if (n > 0 && fl != 1)      /* re-armed pages: exactly one flush */
             flush_bad++;
+        const uint64_t unexp = unexplained(&m, bm, seq);
+        unexplained_total += unexp;
         for (uint64_t w = 0; w < words; w++) {
             rewritten += (uint64_t)__builtin_popcountll(bm[w] & prev[w]);
             prev[w] = bm[w];
@@ -420,6 +442,9 @@ int run_migrate(int kvm, const struct opts *o)
         c = copy_pages(src, dst, bm, pages, buf, &copy_err);
         copied_total += c;
         const uint64_t t2 = now_ns();
+        if (unexp)
+            printf("  round %2" PRIu64 ": %" PRIu64 " reported pages had no logged write fault since get %" PRIu64 "\n",
+                   rounds, unexp, seq > 2 ? seq - 2 : 0);
         printf("  round %2" PRIu64 ": %6" PRIu64 " dirty pages, get+clear %6.2f ms (flush_tlb x%" PRIu64 ": %.2f ms), "
                "copy %6.2f ms; guest write faults meanwhile %" PRIu64 "\n", rounds, n, ms(t1 - t0), fl, ms(flush_ns), ms(t2 - t1),
                (uint64_t)atomic_load(&m.write_faults) - wf0);
@@ -446,8 +471,12 @@ int run_migrate(int kvm, const struct opts *o)
         goto out;
     }
     const uint64_t t_paused = now_ns();
+    const uint64_t seq_final = atomic_fetch_add(&m.get_seq, 1) + 1;
     st = axalloc_dirty_log_get(src, RAM_VA, mem, bm, 0);
     n = popcount_bm(bm, words);
+    unexplained_total += unexplained(&m, bm, seq_final);
+    check(unexplained_total == 0, "every page a get reported had a logged write fault since the get before "
+          "(or one racing it): %" PRIu64 " reports without one", unexplained_total);
     for (uint64_t w = 0; w < words; w++)
         rewritten += (uint64_t)__builtin_popcountll(bm[w] & prev[w]);
     printf("  pages written again after a get re-armed them (each such write had to fault): %" PRIu64 "\n", rewritten);
@@ -572,6 +601,7 @@ out:
     if (dst)
         axalloc_as_destroy(dst);
     free(m.fault_ns);
+    free(m.fault_seq);
     free(bm);
     free(prev);
     free(buf);
