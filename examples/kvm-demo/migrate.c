@@ -411,8 +411,7 @@ int run_migrate(int kvm, const struct opts *o)
     copied_total += c;
     printf("  round  0: %6" PRIu64 " present pages (axalloc_present_bitmap), copy %6.2f ms; guest write faults meanwhile %" PRIu64 "\n",
            c, ms(now_ns() - t0), (uint64_t)atomic_load(&m.write_faults) - wf0);
-    uint64_t rounds = 0, flush_bad = 0, last_n = pages, rewritten = 0, unexplained_total = 0;
-
+    uint64_t rounds = 0, flush_bad = 0, rewritten = 0, unexplained_total = 0;
     bool converged = false;
     while (rounds < o->mig_rounds) {
         rounds++;
@@ -448,7 +447,6 @@ int run_migrate(int kvm, const struct opts *o)
         printf("  round %2" PRIu64 ": %6" PRIu64 " dirty pages, get+clear %6.2f ms (flush_tlb x%" PRIu64 ": %.2f ms), "
                "copy %6.2f ms; guest write faults meanwhile %" PRIu64 "\n", rounds, n, ms(t1 - t0), fl, ms(flush_ns), ms(t2 - t1),
                (uint64_t)atomic_load(&m.write_faults) - wf0);
-        last_n = n;
         if (n <= o->mig_stop) {
             converged = true;
             break;
@@ -456,7 +454,6 @@ int run_migrate(int kvm, const struct opts *o)
         if (mig_done(&m))
             break;
     }
-    (void)last_n;
     check(o->no_flush || flush_bad == 0, "every get with AXALLOC_BITMAP_CLEAR that re-armed pages called flush_tlb exactly once (%"
           PRIu64 " rounds did not)", flush_bad);
     printf("  pre-copy: %" PRIu64 " rounds, %s\n", rounds,
