@@ -242,11 +242,13 @@ static uint64_t validate_tree_at(th_fx_t *f, uint64_t table, int level) {
       uint64_t mt = (raw & EPT_MT_MASK) >> EPT_MT_SHIFT;
       CHECK(raw & EPT_R); /* READ is required; W without R is a misconfiguration */
       CHECK(mt == EPT_MT_WB || mt == EPT_MT_UC);
-      legal = amask | EPT_RWX | EPT_MT_MASK | EPT_SW_OWNED | (level > 0 ? EPT_PS : 0);
+      /* + the accessed flag (bit 8): set in faulted and copied pages. */
+      legal = amask | EPT_RWX | EPT_MT_MASK | EPT_SW_OWNED | EPT_A | (level > 0 ? EPT_PS : 0);
     } else {
       CHECK((raw & NPT_US) != 0);
       CHECK(((raw & NPT_PWT) != 0) == ((raw & NPT_PCD) != 0)); /* WB (index 0) or UC (index 3) only */
-      legal = amask | NPT_P | NPT_RW | NPT_US | NPT_PWT | NPT_PCD | NPT_SW_OWNED | NPT_NX | (level > 0 ? NPT_PS : 0);
+      legal = amask | NPT_P | NPT_RW | NPT_US | NPT_PWT | NPT_PCD | NPT_SW_OWNED | NPT_NX | NPT_A |
+              (level > 0 ? NPT_PS : 0);
     }
     if (raw & ~legal) {
       fprintf(stderr, "%s: level %d leaf entry %d = %#018llx has unexpected bits %#llx\n", fmt_name(f->format), level,
@@ -298,8 +300,12 @@ static void leaf_4k_alloc(uint32_t format, enum path path) {
     CHECK_EQ_U64(ps, 4096);
     CHECK(th_owns(f.pool, hpa));
     uint64_t raw = leaf_at(&f, GPA_4K, 0);
+    /* A faulted or hypervisor-written page was accessed: its accessed flag
+     * is set (EPT bit 8, SDM vol. 3C 29.3.5, with EPTP bit 6; NPT / x86-64
+     * A bit 5), as the processor would; populate leaves it clear. */
+    const uint64_t accessed = path == POPULATE ? 0 : format == AXALLOC_FORMAT_X86_EPT ? EPT_A : NPT_A;
     check_leaf(format, path == POPULATE ? "populate" : path == FAULT ? "fault" : "write", GPA_4K, 0, raw,
-               expect_leaf(format, hpa, flags, 0));
+               expect_leaf(format, hpa, flags, 0) | accessed);
     CHECK_EQ_U64(raw & ADDR_4K, hpa); /* bits 51:12 = the frame */
     check_nonleaf_path(&f, GPA_4K, 0);
     if (path != POPULATE) {

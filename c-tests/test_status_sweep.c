@@ -63,6 +63,15 @@ static const status_list_t lists[] = {
     {"axalloc_protect",
      {AXALLOC_OK, AXALLOC_ERR_INVALID, AXALLOC_ERR_NOT_MAPPED, AXALLOC_ERR_BUSY, AXALLOC_ERR_NO_MEMORY,
       AXALLOC_ERR_HOOK, AXALLOC_ERR_INTERNAL, END}},
+    {"axalloc_dirty_log_start",
+     {AXALLOC_OK, AXALLOC_ERR_INVALID, AXALLOC_ERR_NOT_MAPPED, AXALLOC_ERR_EXISTS, AXALLOC_ERR_LIMIT,
+      AXALLOC_ERR_BUSY, AXALLOC_ERR_NO_MEMORY, AXALLOC_ERR_HOOK, AXALLOC_ERR_INTERNAL, END}},
+    {"axalloc_dirty_log_stop",
+     {AXALLOC_OK, AXALLOC_ERR_INVALID, AXALLOC_ERR_BUSY, AXALLOC_ERR_HOOK, AXALLOC_ERR_INTERNAL, END}},
+    {"axalloc_dirty_log_get", {AXALLOC_OK, AXALLOC_ERR_INVALID, AXALLOC_ERR_HOOK, AXALLOC_ERR_INTERNAL, END}},
+    {"axalloc_young_get",
+     {AXALLOC_OK, AXALLOC_ERR_INVALID, AXALLOC_ERR_NOT_MAPPED, AXALLOC_ERR_HOOK, AXALLOC_ERR_INTERNAL, END}},
+    {"axalloc_present_bitmap", {AXALLOC_OK, AXALLOC_ERR_INVALID, AXALLOC_ERR_HOOK, AXALLOC_ERR_INTERNAL, END}},
     {"axalloc_query", {AXALLOC_OK, AXALLOC_ERR_INVALID, AXALLOC_ERR_HOOK, AXALLOC_ERR_INTERNAL, END}},
     {"axalloc_region_next",
      {AXALLOC_OK, AXALLOC_ERR_INVALID, AXALLOC_ERR_NOT_MAPPED, AXALLOC_ERR_HOOK, AXALLOC_ERR_INTERNAL, END}},
@@ -392,6 +401,47 @@ static void sweep_protect(void) {
   CHECK(calls > 500);
 }
 
+static void sweep_tracking(void) {
+  static const uint32_t gflags[] = {0, AXALLOC_BITMAP_CLEAR, 1, AXALLOC_BITMAP_CLEAR | 2, ~0u};
+  uint64_t *bm = calloc(1 << 16, sizeof *bm);
+  CHECK(bm != NULL);
+  FOR_EACH_FORMAT(fmt) {
+    th_fx_t f = fixture(fmt);
+    EXPECT_LISTED(axalloc_dirty_log_start, axalloc_dirty_log_start(NULL, 2 * GIB, PAGE), "NULL as");
+    EXPECT_LISTED(axalloc_dirty_log_stop, axalloc_dirty_log_stop(NULL, 2 * GIB, PAGE), "NULL as");
+    EXPECT_LISTED(axalloc_dirty_log_get, axalloc_dirty_log_get(NULL, 2 * GIB, PAGE, bm, 0), "NULL as");
+    EXPECT_LISTED(axalloc_young_get, axalloc_young_get(NULL, 2 * GIB, PAGE, bm, 0), "NULL as");
+    EXPECT_LISTED(axalloc_present_bitmap, axalloc_present_bitmap(NULL, 2 * GIB, PAGE, bm), "NULL as");
+    EXPECT_LISTED(axalloc_dirty_log_get, axalloc_dirty_log_get(f.as, 2 * GIB, PAGE, NULL, 0), "NULL bitmap");
+    EXPECT_LISTED(axalloc_young_get, axalloc_young_get(f.as, 2 * GIB, PAGE, NULL, 0), "NULL bitmap");
+    EXPECT_LISTED(axalloc_present_bitmap, axalloc_present_bitmap(f.as, 2 * GIB, PAGE, NULL), "NULL bitmap");
+    for (size_t g = 0; g < N_ARR(gpas); g++)
+      for (size_t z = 0; z < N_ARR(sizes); z++) {
+        const uint64_t gpa = gpas[g], size = sizes[z];
+        EXPECT_LISTED(axalloc_present_bitmap, axalloc_present_bitmap(f.as, gpa, size, bm), "%#llx, %#llx",
+                      (unsigned long long)gpa, (unsigned long long)size);
+        for (size_t k = 0; k < N_ARR(gflags); k++) {
+          EXPECT_LISTED(axalloc_young_get, axalloc_young_get(f.as, gpa, size, bm, gflags[k]), "%#llx, %#llx",
+                        (unsigned long long)gpa, (unsigned long long)size);
+          EXPECT_LISTED(axalloc_dirty_log_get, axalloc_dirty_log_get(f.as, gpa, size, bm, gflags[k]),
+                        "%#llx, %#llx", (unsigned long long)gpa, (unsigned long long)size);
+        }
+        EXPECT_LISTED(axalloc_dirty_log_start, axalloc_dirty_log_start(f.as, gpa, size), "%#llx, %#llx",
+                      (unsigned long long)gpa, (unsigned long long)size);
+        EXPECT_LISTED(axalloc_dirty_log_get, axalloc_dirty_log_get(f.as, gpa, size, bm, AXALLOC_BITMAP_CLEAR),
+                      "%#llx, %#llx", (unsigned long long)gpa, (unsigned long long)size);
+        EXPECT_LISTED(axalloc_dirty_log_stop, axalloc_dirty_log_stop(f.as, gpa, size), "%#llx, %#llx",
+                      (unsigned long long)gpa, (unsigned long long)size);
+      }
+    th_fail_after(f.pool, 0);
+    EXPECT_LISTED(axalloc_dirty_log_start, axalloc_dirty_log_start(f.as, 2 * GIB, 2 * MIB), "no memory");
+    th_fail_never(f.pool);
+    CHECK(fx_done(&f) == 0);
+  }
+  free(bm);
+  CHECK(calls > 500);
+}
+
 /* `test_status_sweep lists`: the lists, one function a line, for
  * status_docs.cmake. */
 static int print_lists(void) {
@@ -407,7 +457,7 @@ int check_failures;
 int main(int argc, char **argv) {
   static const test_case_t tests[] = {T(sweep_create),      T(sweep_stats_reserve), T(sweep_map_unmap),
                                       T(sweep_fault_translate_query), T(sweep_read_write),
-                                      T(sweep_prefault_discard), T(sweep_protect), {NULL, NULL}};
+                                      T(sweep_prefault_discard), T(sweep_protect), T(sweep_tracking), {NULL, NULL}};
   if (argc == 2 && strcmp(argv[1], "lists") == 0) return print_lists();
   return run_tests(tests, argc, argv);
 }

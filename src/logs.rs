@@ -203,7 +203,11 @@ impl Log {
         while gpa < hi {
             let b = self.bit(gpa)?;
             let n = (64 - b % 64).min((hi - gpa) / FRAME_SIZE);
-            let m = if n == 64 { !0 } else { ((1u64 << n) - 1) << (b % 64) };
+            let m = if n == 64 {
+                !0
+            } else {
+                ((1u64 << n) - 1) << (b % 64)
+            };
             self.word(hooks, map, b)?.fetch_or(m, Ordering::AcqRel);
             gpa += n * FRAME_SIZE;
         }
@@ -220,7 +224,11 @@ impl Log {
         while done < n {
             let b = self.bit(gpa + done * FRAME_SIZE)?;
             let k = (64 - b % 64).min(n - done);
-            let mask = if k == 64 { !0 } else { ((1u64 << k) - 1) << (b % 64) };
+            let mask = if k == 64 {
+                !0
+            } else {
+                ((1u64 << k) - 1) << (b % 64)
+            };
             let w = self.word(hooks, map, b)?;
             let v = if take && w.load(Ordering::Relaxed) & mask != 0 {
                 w.fetch_and(!mask, Ordering::AcqRel)
@@ -295,9 +303,11 @@ impl Logs {
     /// Removes and returns every range inside `[start, end)`, or `Invalid`
     /// (nothing removed) if one only partly overlaps it.
     pub fn remove_within(&mut self, start: usize, end: usize) -> Result<[Option<Log>; MAX_LOGS]> {
-        let partial = self.slots.iter().flatten().any(|l| {
-            l.start < end && start < l.end && !(start <= l.start && l.end <= end)
-        });
+        let partial = self
+            .slots
+            .iter()
+            .flatten()
+            .any(|l| l.start < end && start < l.end && !(start <= l.start && l.end <= end));
         if partial {
             return Err(Error::Invalid);
         }

@@ -51,8 +51,8 @@ fn leaf_templates<F: Format>(config: &Config) -> [u64; LEAF_TEMPLATES] {
     for (bits, slot) in t.iter_mut().enumerate() {
         if let Some(flags) = Flags::from_bits(bits as u32) {
             // A faulted page was just accessed (`axalloc_young_get`).
-            *slot = format::leaf::<F>(Hpa::from_usize(0), config.mapping(flags), 0, true)
-                | F::ACCESSED;
+            *slot =
+                format::leaf::<F>(Hpa::from_usize(0), config.mapping(flags), 0, true) | F::ACCESSED;
         }
     }
     t
@@ -863,10 +863,9 @@ impl AddrSpace {
                 let done = alloc::fault_in::<F>(
                     &w,
                     m.token(),
-                    page,
+                    (page, access),
                     r,
                     |flags| self.leaf_template(flags),
-                    access,
                     log,
                     &mut leftover,
                 );

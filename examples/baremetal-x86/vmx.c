@@ -147,8 +147,12 @@ void vmx_main(uint32_t mode, uint32_t gpa_bits)
     axalloc_hw_t hw;
     x86_init(AXALLOC_FORMAT_X86_EPT, gpa_bits, title, &hw);
     hv_check(hw.levels == levels && hw.root_pages == 1, "one root page, the format's levels");
-    hv_check(hw.root_pointer == (hw.root | (uint64_t)(levels - 1) << 3 | 6),
-             "EPTP = root | (levels - 1) << 3 | WB");
+    hv_check(hw.root_pointer == (hw.root | 1ull << 6 | (uint64_t)(levels - 1) << 3 | 6),
+             "EPTP = root | A/D enable | (levels - 1) << 3 | WB");
+    /* EPT accessed/dirty flags (SDM vol. 3C, "Accessed and Dirty Flags for
+     * EPT"): EPTP bit 6 is allowed only if IA32_VMX_EPT_VPID_CAP bit 21 says
+     * the CPU has them. */
+    hv_check(ept_cap & (1ull << 21), "EPT has accessed/dirty flags (EPTP bit 6)");
     eptp = hw.root_pointer;
     x86_flush_tlb = vmx_flush_tlb;
 

@@ -192,10 +192,9 @@ impl Default for Leftover {
 pub fn fault_in<F: Format>(
     walker: &Walker<'_, F>,
     _locked: Shared<'_>,
-    gpa: Gpa,
+    (gpa, access): (Gpa, Access),
     region: &Region,
     template: impl Fn(Flags) -> u64,
-    access: Access,
     log: Option<(&Log, &Hooks)>,
     leftover: &mut Leftover,
 ) -> Result<Faulted> {
@@ -206,7 +205,12 @@ pub fn fault_in<F: Format>(
             // Access tracking cleared the accessed bit and this CPU does not
             // set it itself (the access faulted): set it.
             if raw & F::ACCESSED == 0 {
-                let _ = entry.compare_exchange(raw, raw | F::ACCESSED, Ordering::AcqRel, Ordering::Relaxed);
+                let _ = entry.compare_exchange(
+                    raw,
+                    raw | F::ACCESSED,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
             }
             return Ok(Faulted::Spurious);
         }
@@ -223,7 +227,9 @@ pub fn fault_in<F: Format>(
                 return Err(Error::Access);
             }
             let rights = format::leaf_rights::<F>(raw) | Flags::WRITE.bits();
-            let m = Flags::from_bits(rights).ok_or(Error::Internal)?.to_mapping();
+            let m = Flags::from_bits(rights)
+                .ok_or(Error::Internal)?
+                .to_mapping();
             if !format::leaf_allows::<F>(F::with_rights(raw, m), access.to_mapping()) {
                 return Err(Error::Access);
             }
@@ -263,7 +269,8 @@ pub fn fault_in<F: Format>(
     {
         log.set(hooks, Map::Armed, gpa.as_usize())?;
         if !writes {
-            install = Flags::from_bits(flags.bits() & !Flags::WRITE.bits()).ok_or(Error::Internal)?;
+            install =
+                Flags::from_bits(flags.bits() & !Flags::WRITE.bits()).ok_or(Error::Internal)?;
         }
     }
     let flags = install;

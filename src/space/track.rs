@@ -411,7 +411,12 @@ impl AddrSpace {
             if matches!(format::decode::<F>(s.raw, s.level), Entry::Leaf { .. })
                 && s.raw & F::ACCESSED == 0
                 && s.entry
-                    .compare_exchange(s.raw, s.raw | F::ACCESSED, Ordering::AcqRel, Ordering::Acquire)
+                    .compare_exchange(
+                        s.raw,
+                        s.raw | F::ACCESSED,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
                     .is_err()
             {
                 it.retry();

@@ -75,12 +75,18 @@ impl Part<'_> {
             return Ok(new);
         }
         log.set(hooks, Map::Armed, gpa)?;
-        Ok(if has_w { new } else { new & !Flags::WRITE.bits() })
+        Ok(if has_w {
+            new
+        } else {
+            new & !Flags::WRITE.bits()
+        })
     }
 }
 
 fn to_mapping(rights: u32) -> Result<page_table_multiarch::MappingFlags> {
-    Ok(Flags::from_bits(rights).ok_or(Error::Internal)?.to_mapping())
+    Ok(Flags::from_bits(rights)
+        .ok_or(Error::Internal)?
+        .to_mapping())
 }
 
 /// The span of present leaves that lost a right: what the flush must cover.

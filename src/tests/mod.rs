@@ -23,6 +23,7 @@ mod fast_fault;
 mod formats;
 mod model;
 mod protect;
+mod track;
 /// Runs `f` on a fresh space of `format` (window up to 2^40) over a pool of
 /// `frames`, then destroys it and checks every frame came back.
 pub(crate) fn with_space(

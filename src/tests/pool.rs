@@ -40,6 +40,10 @@ pub struct Pool {
     mem: NonNull<[Frame]>,
     state: Mutex<State>,
     hooks: Hooks,
+    /// A stand-in for the TLB shootdown: every flush waits until no
+    /// simulated vCPU holds it (a store that passed its translation check
+    /// completes before the flush returns, as on hardware).
+    pub shootdown: std::sync::RwLock<()>,
 }
 
 // SAFETY: the frames are plain memory handed out by the hooks (the library
@@ -169,6 +173,7 @@ unsafe extern "C" fn flush(ctx: *mut c_void, gpa: u64, size: u64) {
     // SAFETY: as above.
     let pool = unsafe { &*(ctx as *const Pool) };
     assert!(size > 0);
+    drop(pool.shootdown.write().unwrap());
     let mut st = pool.state.lock().unwrap();
     st.flushes += 1;
     st.last_flush = (gpa, size);
@@ -208,6 +213,7 @@ impl Pool {
             }),
             // Replaced below once the pool has its final address.
             hooks: dummy_hooks(),
+            shootdown: std::sync::RwLock::new(()),
         });
         let pool = NonNull::from(Box::leak(pool));
         let ctx = pool.as_ptr().cast::<c_void>();
