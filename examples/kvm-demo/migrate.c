@@ -550,9 +550,17 @@ int run_migrate(int kvm, const struct opts *o)
     check(!m.failed && m.passes != UINT64_MAX && m.verified == 0,
           "guest on the destination: %" PRIu64 " of %" PRIu64 " pages do not hold the last value it wrote (after %"
           PRIu64 " write passes)", m.verified, pages, m.passes);
-    check(atomic_load(&m.faults) == faults_before_resume,
-          "no fault on the destination after the switch (%" PRIu64 ")",
-          (uint64_t)(atomic_load(&m.faults) - faults_before_resume));
+    /* A #PF the guest took on the source just before the pause may be
+     * reported only after it (the vCPU stopped inside the handler): it is
+     * resolved on the destination, where the page is present and writable,
+     * as a spurious fault. Nothing else may fault there. */
+    axalloc_stats_t ds_end;
+    axalloc_as_stats(dst, &ds_end);
+    const uint64_t faults_after = atomic_load(&m.faults) - faults_before_resume;
+    check(faults_after <= 1 && ds_end.guest_frames == ds.guest_frames,
+          "faults on the destination after the switch: %" PRIu64 " (at most the one in flight at the pause), "
+          "none installed a frame (%" PRIu64 " -> %" PRIu64 " guest frames)", faults_after, ds.guest_frames,
+          ds_end.guest_frames);
     check(ds.guest_frames == pages, "destination holds %" PRIu64 " guest frames (%" PRIu64 " pages)", ds.guest_frames,
           pages);
     uint64_t nf = atomic_load(&m.nfault_ns);
