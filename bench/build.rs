@@ -79,6 +79,21 @@ fn main() {
         panic!("{} not found (set AXALLOC_LIB_DIR to a directory holding the shipped libaxalloc.a)", lib.display());
     }
     println!("cargo:rerun-if-changed={}", lib.display());
+
+    // The KVM dirty-log peer (issue 12): plain C, the system compiler.
+    let src = manifest.join("kvm_dirty.c");
+    println!("cargo:rerun-if-changed={}", src.display());
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+    let obj = out.join("kvm_dirty.o");
+    let mut cc = Command::new(env::var("CC").unwrap_or_else(|_| "cc".into()));
+    cc.args(["-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-c"]).arg(&src).arg("-o").arg(&obj);
+    run(cc, "cc bench/kvm_dirty.c");
+    let _ = std::fs::remove_file(out.join("libkvm_dirty.a"));
+    let mut ar = Command::new("ar");
+    ar.arg("crs").arg(out.join("libkvm_dirty.a")).arg(&obj);
+    run(ar, "ar libkvm_dirty.a");
+    println!("cargo:rustc-link-search=native={}", out.display());
+    println!("cargo:rustc-link-lib=static=kvm_dirty");
     println!("cargo:rustc-link-search=native={}", dir.display());
     println!("cargo:rustc-link-lib=static=axalloc");
     println!("cargo:rustc-env=AXALLOC_ARCHIVE={}", lib.display());

@@ -11,6 +11,8 @@ pub const WRITE: u32 = 1 << 1;
 pub const EXEC: u32 = 1 << 2;
 
 pub const FORMAT_X86_EPT: u32 = 1;
+/// `axalloc_dirty_log_get` / `axalloc_young_get`: get-and-re-arm.
+pub const BITMAP_CLEAR: u32 = 1 << 16;
 pub const CFG_FRAMES_ZEROED: u32 = 1 << 8;
 pub const CFG_LINEAR_MAP: u32 = 1 << 13;
 
@@ -67,6 +69,10 @@ extern "C" {
     pub fn axalloc_handle_fault(a: *mut As, gpa: u64, access: u32) -> i32;
     pub fn axalloc_translate(a: *const As, gpa: u64, hpa_out: *mut u64, size_out: *mut u64) -> i32;
     pub fn axalloc_reserve(a: *mut As, frames: u64) -> i32;
+    pub fn axalloc_dirty_log_start(a: *mut As, gpa: u64, size: u64) -> i32;
+    pub fn axalloc_dirty_log_stop(a: *mut As, gpa: u64, size: u64) -> i32;
+    pub fn axalloc_dirty_log_get(a: *mut As, gpa: u64, size: u64, bitmap: *mut u64, flags: u32) -> i32;
+    pub fn axalloc_present_bitmap(a: *const As, gpa: u64, size: u64, bitmap: *mut u64) -> i32;
     pub fn axalloc_translate_many(a: *const As, gpas: *const u64, hpas: *mut u64, page_sizes: *mut u64, n: usize) -> i32;
 }
 

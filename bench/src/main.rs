@@ -1,5 +1,6 @@
 //! libaxalloc vs axaddrspace 0.3.0: the workloads of issue 4, on one frame pool,
-//! and the kernel-grade rows of issue 7 (7a-7c, libaxalloc only).
+//! the kernel-grade rows of issue 7 (7a-7c, libaxalloc only), and dirty
+//! logging vs Linux KVM's own (issue 12, `dirty.rs` + `kvm_dirty.c`).
 //!
 //! Usage: axalloc-bench [--short] [--reps N] [--only LIST] [--side ax|peer|both]
 //!   --short       CI mode: small sizes, correctness checks, no timing asserted
@@ -10,12 +11,13 @@
 //!
 //! Method: the main thread is pinned to the first allowed CPU (second
 //! thread of rows 5 and 7 to the next one); /proc/cpuinfo model is printed.
-//!   --only LIST   comma-separated subset of: populate,lazy,translate,unmap,threads,floor,kernel,fault
+//!   --only LIST   comma-separated subset of: populate,lazy,translate,unmap,threads,floor,kernel,fault,dirty
 //!   --side S      run only one implementation (for perf / callgrind)
 //!
 //! Everything is reported in ns per 4 KiB page (translate: ns per lookup);
 //! BENCHMARKS.md quotes the ratios.
 
+mod dirty;
 mod fault;
 mod ffi;
 mod pool;
@@ -116,7 +118,7 @@ impl Opts {
                     }
                 }
                 "-h" | "--help" => {
-                    println!("usage: axalloc-bench [--short] [--reps N] [--only populate,lazy,translate,unmap,threads,floor,kernel,fault] [--side ax|peer|both] [--variant zeroing|prezeroed]");
+                    println!("usage: axalloc-bench [--short] [--reps N] [--only populate,lazy,translate,unmap,threads,floor,kernel,fault,dirty] [--side ax|peer|both] [--variant zeroing|prezeroed]");
                     std::process::exit(0);
                 }
                 _ => panic!("unknown argument {a} (try --help)"),
@@ -1484,6 +1486,9 @@ fn main() {
     }
     if b.o.wants("fault") {
         b.fault_path(&p);
+    }
+    if b.o.wants("dirty") {
+        b.dirty_log(&p);
     }
     if b.o.wants("kernel") {
         b.kernel_populate(&p);

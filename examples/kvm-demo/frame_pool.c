@@ -41,11 +41,16 @@ int pool_init(struct frame_pool *p, uint8_t *slot_host, uint64_t slot_size,
     }
     p->count = nframes;
     p->watch_hpa = UINT64_MAX;
+    pthread_mutex_init(&p->lock, NULL);
+    p->lock_ready = true;
     return 0;
 }
 
 void pool_fini(struct frame_pool *p)
 {
+    if (p->lock_ready)
+        pthread_mutex_destroy(&p->lock);
+    p->lock_ready = false;
     free(p->in_pool);
     free(p->ring);
     free(p->block_out);
@@ -110,8 +115,10 @@ static void hook_free_contig(void *ctx, uint64_t hpa, uint32_t order)
 static int32_t hook_alloc_frame(void *ctx, uint64_t *hpa_out)
 {
     struct frame_pool *p = ctx;
+    pthread_mutex_lock(&p->lock);
     if (p->count == 0) {
         p->alloc_failures++;
+        pthread_mutex_unlock(&p->lock);
         return -1;
     }
     uint64_t i = p->ring[p->head];
@@ -124,12 +131,12 @@ static int32_t hook_alloc_frame(void *ctx, uint64_t *hpa_out)
     /* Contents are left as they are: the library zeroes what it hands out
      * (the address space is created without AXALLOC_CFG_FRAMES_ZEROED). */
     *hpa_out = p->base + i * PAGE_SIZE;
+    pthread_mutex_unlock(&p->lock);
     return 0;
 }
 
-static void hook_free_frame(void *ctx, uint64_t hpa)
+static void hook_free_frame_locked(struct frame_pool *p, uint64_t hpa)
 {
-    struct frame_pool *p = ctx;
     if (hpa < p->base || hpa % PAGE_SIZE || (hpa - p->base) / PAGE_SIZE >= p->nframes) {
         p->foreign_frees++;
         fprintf(stderr, "axalloc-demo: free_frame(0x%llx): not a pool frame\n",
@@ -154,6 +161,14 @@ static void hook_free_frame(void *ctx, uint64_t hpa)
     }
 }
 
+static void hook_free_frame(void *ctx, uint64_t hpa)
+{
+    struct frame_pool *p = ctx;
+    pthread_mutex_lock(&p->lock);
+    hook_free_frame_locked(p, hpa);
+    pthread_mutex_unlock(&p->lock);
+}
+
 static void *hook_phys_to_virt(void *ctx, uint64_t hpa)
 {
     struct frame_pool *p = ctx;
@@ -170,6 +185,14 @@ static void *hook_phys_to_virt(void *ctx, uint64_t hpa)
  * entries for those pages; the contents of the pages do not change. */
 static int drop_kvm_translations(struct frame_pool *p, uint64_t off, uint64_t len)
 {
+    if (p->flush_keep_writable) {
+        if (mprotect(p->slot_host + off, len, PROT_READ | PROT_WRITE | PROT_EXEC) != 0 ||
+            mprotect(p->slot_host + off, len, PROT_READ | PROT_WRITE) != 0) {
+            perror("axalloc-demo: flush_tlb: mprotect");
+            return -1;
+        }
+        return 0;
+    }
     if (mprotect(p->slot_host + off, len, PROT_READ) != 0 ||
         mprotect(p->slot_host + off, len, PROT_READ | PROT_WRITE) != 0) {
         perror("axalloc-demo: flush_tlb: mprotect");
@@ -200,6 +223,7 @@ void pool_flush_hint(struct frame_pool *p, uint64_t gpa, uint64_t size,
 static void hook_flush_tlb(void *ctx, uint64_t gpa, uint64_t size)
 {
     struct frame_pool *p = ctx;
+    pthread_mutex_lock(&p->lock);
     uint64_t t0 = now_ns();
     int rc = 0;
     if (p->hint_valid && gpa >= p->hint_gpa && gpa + size <= p->hint_gpa + p->hint_size) {
@@ -218,6 +242,7 @@ static void hook_flush_tlb(void *ctx, uint64_t gpa, uint64_t size)
     p->flushes++;
     p->last_flush_gpa = gpa;
     p->last_flush_size = size;
+    pthread_mutex_unlock(&p->lock);
 }
 
 axalloc_hooks_t pool_hooks(struct frame_pool *p, bool with_flush)

@@ -6,12 +6,15 @@
  * "host-physical" for libaxalloc = guest-physical address in memslot 0, so
  * phys_to_virt(a) = slot_host + a.
  *
- * The demo's VMM is single-threaded (one vCPU, hooks run on the VMM thread
- * while the vCPU is stopped in an exit), so the pool takes no lock.
+ * The lazy/eager runs are single-threaded (hooks run on the VMM thread while
+ * the vCPU is stopped in an exit); in --migrate the vCPU thread's faults and
+ * the migration thread's copies and flushes run at the same time, so the
+ * hooks take the pool's mutex.
  */
 #ifndef AXDEMO_FRAME_POOL_H
 #define AXDEMO_FRAME_POOL_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -20,6 +23,13 @@
 #define POOL_HINT_MAX 64
 
 struct frame_pool {
+    pthread_mutex_t lock;   /* taken by every hook */
+    bool lock_ready;
+    /* flush_tlb while a vCPU runs (--migrate): the mprotect round trip toggles
+     * PROT_EXEC instead of dropping PROT_WRITE, so a guest write that reaches
+     * KVM mid-flush never finds the memory read-only (KVM_RUN would fail
+     * with EFAULT); KVM's MMU notifier zaps its entries either way. */
+    bool flush_keep_writable;
     uint8_t *slot_host;     /* host mapping of memslot 0 */
     uint64_t slot_size;     /* bytes */
     uint64_t base;          /* GPA of the first pool frame */

@@ -47,6 +47,10 @@
 #define MB_SEED          (MAILBOX_VA + 0x18)
 #define MB_UNMAP_VA      (MAILBOX_VA + 0x20)  /* page of the unmap -> re-touch cycle */
 #define MB_BAD_VA        (MAILBOX_VA + 0x28)  /* nonzero: touch it at the end (--bad-access) */
+/* --migrate (guest_migrate_entry): see README.md, "Live migration". */
+#define MB_MIGRATED      (MAILBOX_VA + 0x30)  /* set by the VMM in the pause, after the switch */
+#define MB_HOT_PAGES     (MAILBOX_VA + 0x38)  /* H: pages [0, H) are written in every pass */
+#define MB_STRIDE        (MAILBOX_VA + 0x40)  /* S: pass k also writes cold pages H + c, c = k mod S (mod S) */
 
 /* MMIO doorbells: the offset is the event, the 8-byte value its argument. */
 #define MMIO_PF          (MMIO_VA + 0x00)  /* #PF handler: value = error code, CR2 in MB_CR2 */
@@ -56,6 +60,9 @@
 #define MMIO_UNMAP       (MMIO_VA + 0x20)  /* value = VA: please unmap and re-map lazily */
 #define MMIO_RETOUCHED   (MMIO_VA + 0x28)  /* value = nonzero qwords in the re-touched page */
 #define MMIO_DONE        (MMIO_VA + 0x30)  /* workload finished */
+#define MMIO_MIG_START   (MMIO_VA + 0x38)  /* --migrate: every page filled, the write passes begin */
+#define MMIO_MIG_PASSES  (MMIO_VA + 0x40)  /* value = passes completed when the guest saw MB_MIGRATED */
+#define MMIO_MIG_VERIFIED (MMIO_VA + 0x48) /* value = pages not holding their last written value */
 
 /* GDT selectors. */
 #define SEL_KCODE        0x08

@@ -30,28 +30,9 @@
 #include <unistd.h>
 
 #include "axalloc.h"
+#include "demo.h"
 #include "frame_pool.h"
 #include "layout.h"
-
-#define EXIT_SKIP 77   /* KVM missing or unusable: CTest SKIP_RETURN_CODE */
-
-/* guest.S */
-extern const uint8_t guest_code_start[], guest_code_end[];
-extern const uint8_t guest_pf_handler[], guest_exc_stubs[], guest_user_entry[];
-
-#define PF_P    (1u << 0)
-#define PF_W    (1u << 1)
-#define PF_U    (1u << 2)
-#define PF_RSVD (1u << 3)
-#define PF_ID   (1u << 4)
-
-struct opts {
-    uint64_t mem_mib;
-    bool lazy, eager;     /* which runs */
-    bool no_flush;        /* diagnostic: no flush_tlb hook (the re-touch check should fail) */
-    bool bad_access;      /* diagnostic: the guest touches an unmapped address at the end */
-    bool huge;            /* also a lazy run with 2 MiB pages (AXALLOC_HUGE) */
-};
 
 /* What one run (lazy or eager) measured. */
 struct result {
@@ -69,9 +50,9 @@ struct result {
 
 /* ------------------------------------------------------------------ checks */
 
-static int g_failed;
+int g_failed;
 
-static void check(bool ok, const char *fmt, ...)
+void check(bool ok, const char *fmt, ...)
 {
     va_list ap;
     printf("  [%s] ", ok ? "PASS" : "FAIL");
@@ -83,7 +64,7 @@ static void check(bool ok, const char *fmt, ...)
         g_failed++;
 }
 
-static const char *access_name(uint32_t a)
+const char *access_name(uint32_t a)
 {
     return a == AXALLOC_WRITE ? "write" : a == AXALLOC_EXEC ? "exec" : "read";
 }
@@ -94,7 +75,7 @@ static int cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static uint64_t median(uint64_t *v, uint64_t n)
+uint64_t median(uint64_t *v, uint64_t n)
 {
     if (n == 0)
         return 0;
@@ -102,21 +83,11 @@ static uint64_t median(uint64_t *v, uint64_t n)
     return v[n / 2];
 }
 
-static double ms(uint64_t ns) { return (double)ns / 1e6; }
-static double us(uint64_t ns) { return (double)ns / 1e3; }
 
 /* --------------------------------------------------------------------- KVM */
 
-struct vm {
-    int kvm, vm, vcpu;
-    struct kvm_run *run;
-    size_t run_size;
-    uint8_t *slot;          /* host mapping of memslot 0 (GPA 0) */
-    uint64_t slot_size;
-};
-
 /* Host pointer to a system-page VA (GDT/IDT/TSS/mailbox) or a kernel-stack VA. */
-static void *sys_host(struct vm *v, uint64_t va)
+void *sys_host(struct vm *v, uint64_t va)
 {
     if (va >= SYS_VA && va < SYS_VA + 4 * PAGE_SIZE)
         return v->slot + SYS_GPA + (va - SYS_VA);
@@ -125,8 +96,6 @@ static void *sys_host(struct vm *v, uint64_t va)
     return NULL;
 }
 
-static uint64_t rd64(const void *p) { uint64_t x; memcpy(&x, p, 8); return x; }
-static void wr64(void *p, uint64_t x) { memcpy(p, &x, 8); }
 
 /* Opens /dev/kvm and checks that a VM with a vCPU can be created.
  * Returns the fd, or -1 after printing the one-line reason. */
@@ -159,7 +128,7 @@ static int kvm_probe(void)
     return kvm;
 }
 
-static int vm_create(struct vm *v, int kvm, uint64_t slot_size)
+int vm_create(struct vm *v, int kvm, uint64_t slot_size)
 {
     memset(v, 0, sizeof(*v));
     v->kvm = kvm;
@@ -227,7 +196,7 @@ static int vm_create(struct vm *v, int kvm, uint64_t slot_size)
     return 0;
 }
 
-static void vm_destroy(struct vm *v)
+void vm_destroy(struct vm *v)
 {
     if (v->run)
         munmap(v->run, v->run_size);
@@ -240,7 +209,7 @@ static void vm_destroy(struct vm *v)
 }
 
 /* GDT, IDT, TSS in the system pages; the guest code at CODE_GPA. */
-static void guest_install(struct vm *v)
+void guest_install(struct vm *v)
 {
     size_t len = (size_t)(guest_code_end - guest_code_start);
     memcpy(v->slot + CODE_GPA, guest_code_start, len);
@@ -288,8 +257,9 @@ static void set_seg(struct kvm_segment *s, uint16_t sel, uint8_t type, uint8_t d
     s->g = 1;
 }
 
-/* Long mode, paging on with CR3 = libaxalloc's root, starting at CPL3. */
-static int vcpu_setup(struct vm *v, uint64_t cr3)
+/* Long mode, paging on with CR3 = libaxalloc's root, starting at CPL3 at
+ * `entry` (a label of guest.S). */
+int vcpu_setup(struct vm *v, uint64_t cr3, const uint8_t *entry)
 {
     struct kvm_sregs sr;
     if (ioctl(v->vcpu, KVM_GET_SREGS, &sr) < 0) {
@@ -322,7 +292,7 @@ static int vcpu_setup(struct vm *v, uint64_t cr3)
     }
     struct kvm_regs r;
     memset(&r, 0, sizeof(r));
-    r.rip = CODE_VA + (uint64_t)(guest_user_entry - guest_code_start);
+    r.rip = CODE_VA + (uint64_t)(entry - guest_code_start);
     r.rsp = USTACK_VA + STACK_PAGES * PAGE_SIZE;
     r.rflags = 0x2;
     if (ioctl(v->vcpu, KVM_SET_REGS, &r) < 0) {
@@ -333,7 +303,7 @@ static int vcpu_setup(struct vm *v, uint64_t cr3)
 }
 
 /* RIP saved by the CPU in the exception frame (rsp_off = its offset from RSP). */
-static uint64_t frame_rip(struct vm *v, uint64_t rsp_off)
+uint64_t frame_rip(struct vm *v, uint64_t rsp_off)
 {
     struct kvm_regs r;
     if (ioctl(v->vcpu, KVM_GET_REGS, &r) < 0)
@@ -344,7 +314,7 @@ static uint64_t frame_rip(struct vm *v, uint64_t rsp_off)
 
 /* ----------------------------------------------------------------- one run */
 
-static void print_layout(uint64_t mem, uint64_t slot_size, uint64_t pool_frames)
+void print_layout(uint64_t mem, uint64_t slot_size, uint64_t pool_frames)
 {
     printf("memory layout (guest virtual -> memslot GPA; the table is libaxalloc's, NPT format):\n");
     printf("  code      VA 0x%08x -> GPA 0x%08x  %3d KiB  R-X  map_linear\n", CODE_VA, CODE_GPA, CODE_PAGES * 4);
@@ -457,7 +427,7 @@ static int run_once(int kvm, const struct opts *o, bool eager, bool reserve, boo
     wr64(sys_host(&v, MB_SEED), res->seed);
     wr64(sys_host(&v, MB_UNMAP_VA), unmap_va);
     wr64(sys_host(&v, MB_BAD_VA), o->bad_access ? RAM_VA + mem : 0);
-    if (vcpu_setup(&v, axalloc_as_root(as)) < 0)
+    if (vcpu_setup(&v, axalloc_as_root(as), guest_user_entry) < 0)
         goto out;
 
     /* ---- run the guest until it reports done (or something goes wrong) */
@@ -772,6 +742,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: axalloc-demo [--mem-mib N] [--lazy | --eager] [--huge] [--no-flush] [--bad-access]\n"
+            "       axalloc-demo --migrate [--mem-mib N] [--mig-rounds N] [--mig-stop PAGES]\n"
+            "                    [--mig-hot PAGES] [--mig-stride S] [--no-flush]\n"
             "  Runs a KVM guest whose x86-64 page table is built by libaxalloc; the guest\n"
             "  touches, writes and verifies every page of its RAM; the host verifies it too.\n"
             "  --mem-mib N   guest RAM size (default 64)\n"
@@ -784,12 +756,21 @@ static void usage(FILE *f)
             "                shows the stale translation this KVM keeps (expected to FAIL)\n"
             "  --bad-access  diagnostic: the guest finally reads an unmapped address, which\n"
             "                the VMM reports as a real guest fault (expected to FAIL)\n"
+            "  --migrate     live migration instead: while the guest keeps writing, pre-copy\n"
+            "                its RAM into a second address space with dirty logging, pause,\n"
+            "                copy the rest, switch CR3, destroy the source, resume; the guest\n"
+            "                then checks every page (--no-flush: expected to FAIL)\n"
+            "  --mig-rounds N   pre-copy round limit (default 30)\n"
+            "  --mig-stop P     pause once a round copies at most P pages (default 32)\n"
+            "  --mig-hot P      pages the guest writes in every pass (default 16)\n"
+            "  --mig-stride S   every pass also writes every S-th other page (default 64)\n"
             "Exit status: 0 all checks passed, 1 a check failed, 2 usage, 77 no usable KVM.\n");
 }
 
 int main(int argc, char **argv)
 {
-    struct opts o = { .mem_mib = 64, .lazy = true, .eager = true };
+    struct opts o = { .mem_mib = 64, .lazy = true, .eager = true,
+                      .mig_rounds = 30, .mig_stop = 32, .mig_hot = 16, .mig_stride = 64 };
     bool only_lazy = false, only_eager = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--mem-mib") && i + 1 < argc) {
@@ -800,6 +781,25 @@ int main(int argc, char **argv)
                 return 2;
             }
             o.mem_mib = n;
+        } else if ((!strcmp(argv[i], "--mig-rounds") || !strcmp(argv[i], "--mig-stop") ||
+                    !strcmp(argv[i], "--mig-hot") || !strcmp(argv[i], "--mig-stride")) && i + 1 < argc) {
+            const char *name = argv[i];
+            char *end;
+            unsigned long long n = strtoull(argv[++i], &end, 10);
+            if (*end || n > (1ull << 32) || (n == 0 && strcmp(name, "--mig-stop") && strcmp(name, "--mig-hot"))) {
+                fprintf(stderr, "axalloc-demo: bad value for %s\n", name);
+                return 2;
+            }
+            if (!strcmp(name, "--mig-rounds"))
+                o.mig_rounds = n;
+            else if (!strcmp(name, "--mig-stop"))
+                o.mig_stop = n;
+            else if (!strcmp(name, "--mig-hot"))
+                o.mig_hot = n;
+            else
+                o.mig_stride = n;
+        } else if (!strcmp(argv[i], "--migrate")) {
+            o.migrate = true;
         } else if (!strcmp(argv[i], "--lazy")) {
             only_lazy = true;
         } else if (!strcmp(argv[i], "--eager")) {
@@ -835,6 +835,14 @@ int main(int argc, char **argv)
     printf("axalloc-demo: a KVM guest whose page table is built by libaxalloc\n");
     printf("(libaxalloc \"guest-physical\" = guest virtual, \"host-physical\" = memslot GPA, CR3 = axalloc_as_root())\n\n");
     const uint64_t pages = (o.mem_mib << 20) / PAGE_SIZE, pool_frames = pages + pages / 256 + 512;
+    if (o.migrate) {
+        const uint64_t mig_frames = 2 * (pages + pages / 256) + 1024;
+        print_layout(o.mem_mib << 20, POOL_GPA + mig_frames * PAGE_SIZE, mig_frames);
+        run_migrate(kvm, &o);
+        close(kvm);
+        printf("axalloc-demo: %s\n", g_failed ? "FAILED (see [FAIL] above)" : "every check passed");
+        return g_failed ? 1 : 0;
+    }
     print_layout(o.mem_mib << 20, POOL_GPA + pool_frames * PAGE_SIZE, pool_frames);
 
     struct result lazy = { 0 }, reserved = { 0 }, eager = { 0 }, huge = { 0 };
