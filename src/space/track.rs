@@ -34,6 +34,7 @@ use crate::region::Backend;
 use crate::sync::ReadGuard;
 use crate::table::Walker;
 use crate::table::iter::{Descend, Iter, Visit};
+use crate::table::stock::TableStock;
 
 /// The span of entries a walk changed (`lo == hi`: none, no flush owed).
 #[derive(Clone, Copy, Default)]
@@ -122,30 +123,98 @@ impl AddrSpace {
             }
             m.claims.claim(start, end, Purpose::Protect)?
         };
+        let mut claim = claim;
         // The bitmaps, with no lock held.
         let result = Log::alloc(&self.hooks, s, e).and_then(|log| {
-            {
-                let mut m = self.lock_exclusive();
-                if let Err(err) = m.logs.insert(log) {
-                    drop(m);
-                    // SAFETY: never registered: nobody else saw it.
-                    unsafe { log.free(&self.hooks) };
-                    return Err(err);
+            let r = with_format!(self.config.format, F => self.start_in::<F>(log, &mut claim));
+            if r.is_err() {
+                let m = self.lock_exclusive();
+                // Registered already (a broken invariant after that point):
+                // leave it to stop / destroy; else it is ours to free.
+                if m.logs.covering(s, e) == Some(&log) {
+                    return r;
                 }
-                // Faults there take the general path, which keeps the log.
-                m.regions.set_backends(start, end, |r| match r.backend {
-                    Backend::Alloc => Backend::AllocLogged,
-                    b => b,
-                })?;
+                drop(m);
+                // SAFETY: never registered: nobody else saw it.
+                unsafe { log.free(&self.hooks) };
             }
-            let m = self.lock_shared();
-            let hull = with_format!(self.config.format, F => self.arm::<F>(&m, &log))?;
-            drop(m);
-            self.flush_hull(hull);
-            Ok(())
+            r
         });
         self.lock_exclusive().claims.release(claim);
         result
+    }
+
+    /// `dirty_log_start` with the bitmaps in hand: split the range's 2 MiB
+    /// blocks (tables obtained first, or nothing changes), register the log
+    /// (faults there take the general path from now on, and no new block is
+    /// installed), then arm the writable present pages (one flush).
+    fn start_in<F: Format>(&self, log: Log, claim: &mut crate::claims::Claim) -> Result {
+        let (s, e) = (log.start, log.end);
+        let w = self.walker::<F>();
+        let mut stock = TableStock::new();
+        let mut need: usize = 0;
+        let result = loop {
+            // Tables for every block, with no lock held; faults may add
+            // blocks meanwhile: count again under the lock.
+            if let Err(err) = stock.fill(&w, need.saturating_sub(stock.len())) {
+                break Err(err);
+            }
+            let mut m = self.lock_exclusive();
+            need = match w.huge_in(s, e) {
+                Ok(n) => n,
+                Err(err) => break Err(err),
+            };
+            if need > stock.len() {
+                continue;
+            }
+            if let Err(err) = m.logs.insert(log) {
+                break Err(err);
+            }
+            // Faults there take the general path, which keeps the log and
+            // installs no block.
+            let Maps { regions, .. } = &mut *m;
+            if let Err(err) = regions.set_backends(Gpa::from_usize(s), Gpa::from_usize(e), |r| {
+                match r.backend {
+                    Backend::Alloc => Backend::AllocLogged,
+                    b => b,
+                }
+            }) {
+                break Err(err);
+            }
+            if need > 0 && F::BREAK_BEFORE_MAKE {
+                // Arm: invalid first, one flush with no lock held, then the
+                // tables. The claim covers the whole blocks meanwhile.
+                let x = m.token();
+                let (lo, hi) = match w.break_huge(&x, s, e) {
+                    Ok(h) => h,
+                    Err(err) => break Err(err),
+                };
+                if lo < hi
+                    && let Err(err) =
+                        m.claims
+                            .widen(claim, Gpa::from_usize(lo), Gpa::from_usize(hi))
+                {
+                    break Err(err);
+                }
+                drop(m);
+                self.flush_hull(Hull { lo, hi });
+                m = self.lock_exclusive();
+            }
+            if need > 0 {
+                let x = m.token();
+                if let Err(err) = w.make_huge(&x, s, e, &mut stock) {
+                    break Err(err);
+                }
+            }
+            break Ok(());
+        };
+        stock.release(&w);
+        result?;
+        let m = self.lock_shared();
+        let hull = self.arm::<F>(&m, &log)?;
+        drop(m);
+        self.flush_hull(hull);
+        Ok(())
     }
 
     /// Write-protects every writable present page of `log`'s range, arming

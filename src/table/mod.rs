@@ -37,6 +37,7 @@ pub mod iter;
 pub mod map;
 pub mod protect;
 pub mod read;
+pub mod split;
 pub mod stock;
 pub mod unmap;
 

@@ -384,3 +384,48 @@ fn no_write_is_lost_between_get_and_clear_rounds() {
         assert!(pool.flushes() > 0);
     });
 }
+
+#[test]
+#[cfg_attr(miri, ignore = "2 MiB blocks: too slow to interpret")]
+fn dirty_log_start_splits_2mib_pages_all_or_nothing() {
+    const BLOCK: u64 = 0x20_0000;
+    let huge_rw = Flags::from_bits(RW).unwrap().with(Flags::HUGE);
+    for &kind in shapes() {
+        with_space(kind, 8 * 512, |pool, s| {
+            s.map_alloc(BLOCK, 2 * BLOCK, huge_rw, true).unwrap();
+            assert_eq!(s.stats().huge_pages, 2, "{kind:?}");
+            s.write(BLOCK + 5 * PAGE, &[7; 8]).unwrap();
+            let (frames, flushes) = (pool.in_use(), pool.flushes());
+            // Every allocation point (the bitmaps, then a table per block).
+            for fail in 0..5 {
+                pool.fail_after(fail);
+                assert_eq!(
+                    s.dirty_log_start(BLOCK, 2 * BLOCK),
+                    Err(Error::NoMemory),
+                    "{kind:?}"
+                );
+                pool.fail_never();
+                assert_eq!(
+                    (pool.in_use(), pool.flushes()),
+                    (frames, flushes),
+                    "{kind:?} {fail}"
+                );
+                assert_eq!(s.translate(BLOCK).unwrap().1, BLOCK as usize);
+            }
+            s.dirty_log_start(BLOCK, 2 * BLOCK).unwrap();
+            // 4 KiB pieces over the same blocks, write-protected, clean.
+            assert_eq!(s.translate(BLOCK + 5 * PAGE).unwrap().1, PAGE as usize);
+            assert_eq!(s.stats().huge_pages, 2, "{kind:?}: still two blocks");
+            let pages = 2 * BLOCK / PAGE;
+            assert!(dirty(s, BLOCK, pages, false).iter().all(|&w| w == 0));
+            s.handle_fault(BLOCK + BLOCK + 9 * PAGE, write()).unwrap();
+            let d = dirty(s, BLOCK, pages, true);
+            assert_eq!(d[8], 1 << 9, "{kind:?}");
+            let mut back = [0u8; 8];
+            s.read(BLOCK + 5 * PAGE, &mut back).unwrap();
+            assert_eq!(back, [7; 8], "{kind:?}: data kept across the split");
+            s.dirty_log_stop(BLOCK, 2 * BLOCK).unwrap();
+            s.handle_fault(BLOCK + 3 * PAGE, write()).unwrap();
+        });
+    }
+}
