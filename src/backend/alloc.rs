@@ -179,7 +179,8 @@ pub fn fault_in<F: Format>(
         }
     };
     let frames = walker.frames();
-    let hpa = frames.alloc_guest()?;
+    let exec = frames.hooks().cache().active() && crate::cache::leaf_exec::<F>(template);
+    let hpa = frames.alloc_guest(exec)?;
     let leaf = F::leaf_at(template, hpa);
     let installed = match slot {
         // The common case: the leaf table exists, one compare-exchange

@@ -216,7 +216,7 @@ impl<'a, F: Format> Walker<'a, F> {
             );
             gpa += FRAME_SIZE;
         }
-        if !self.frames.frames_zeroed() {
+        if self.frames.guest_frames_need_work() {
             for slot in slots {
                 self.zero_if_owned(slot.load(Ordering::Relaxed), 0)?;
             }
@@ -228,7 +228,12 @@ impl<'a, F: Format> Walker<'a, F> {
     /// (sources hand out unzeroed frames; see `Frames::alloc_guest_unzeroed`).
     fn zero_if_owned(&self, leaf: u64, level: usize) -> Result {
         match format::decode::<F>(leaf, level) {
-            Entry::Leaf { hpa, owned: true } => self.frames.zero_guest(hpa),
+            Entry::Leaf { hpa, owned: true } => {
+                // Arm: zeroed and cleaned before it can become present.
+                let exec =
+                    self.frames.hooks().cache().active() && crate::cache::leaf_exec::<F>(leaf);
+                self.frames.zero_guest(hpa, exec)
+            }
             _ => Ok(()),
         }
     }
