@@ -171,6 +171,10 @@ fn with_arm_space(format: FormatKind, s2fwb: bool, f: impl FnOnce(&Pool, &AddrSp
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "policy, checked natively: the instructions never run under Miri and the paths are Miri-tested elsewhere"
+)]
 fn arm_frames_are_cleaned_before_they_are_mapped() {
     for format in arm_shapes() {
         with_arm_space(format, false, |pool, s| {
@@ -220,6 +224,10 @@ fn arm_frames_are_cleaned_before_they_are_mapped() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "policy, checked natively: the instructions never run under Miri and the paths are Miri-tested elsewhere"
+)]
 fn s2fwb_skips_cleaning() {
     for format in arm_shapes() {
         with_arm_space(format, true, |pool, s| {
@@ -231,6 +239,10 @@ fn s2fwb_skips_cleaning() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "policy, checked natively: the instructions never run under Miri and the paths are Miri-tested elsewhere"
+)]
 fn x86_formats_never_clean() {
     // And RISC-V's: coherent, nothing to do (tests::shapes: natively all).
     let others = super::shapes()
@@ -247,6 +259,10 @@ fn x86_formats_never_clean() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "policy, checked natively: the instructions never run under Miri and the paths are Miri-tested elsewhere"
+)]
 fn exec_pages_invalidate_icache() {
     for format in arm_shapes() {
         for s2fwb in [false, true] {
