@@ -252,9 +252,38 @@
  * other format): the host runs with FEAT_S2FWB enabled (HCR_EL2.FWB = 1).
  * Leaves then use the FWB MemAttr encoding — Normal write-back `0b0110`
  * (stage 2 forces write-back, whatever the guest's stage 1 says),
- * Device-nGnRE `0b0001` as without FWB — and the cache maintenance that
- * `axalloc_handle_fault` describes is unnecessary: the guest cannot see
- * stale memory behind the cache.
+ * Device-nGnRE `0b0001` as without FWB — and guest frames need no data
+ * cache maintenance: the guest cannot see stale memory behind the cache.
+ *
+ * Arm cache maintenance: without this flag, every guest frame the library
+ * zeroes (faults, populate, prefault, the zeroed reserve, holes that
+ * `axalloc_write` fills) and every byte `axalloc_write` copies must be
+ * cleaned to the point of coherency before the guest can see it — a guest
+ * running with its caches off reads memory, not the cache, and could read
+ * the frame's previous owner's data. Executable pages (`AXALLOC_EXEC`)
+ * also need the instruction cache invalidated, with or without the flag.
+ * - On an Arm (aarch64) host the library does all of it itself, by the
+ *   host-virtual address it wrote through, before the entry that makes the
+ *   frame reachable is stored: `DC CVAC` per data cache line (line size
+ *   from `CTR_EL0.DminLine`, read once), `DSB ISH`; for executable pages
+ *   `DC CVAU` (skipped if `CTR_EL0.IDC`), `DSB ISH`, `IC IVAU` per
+ *   instruction cache line (skipped if `CTR_EL0.DIC`), `DSB ISH`, `ISB`.
+ *   The host must let the library issue them (EL1/EL2, or EL0 with
+ *   SCTLR_EL1.UCI/UCT set, as Linux does).
+ * - With `AXALLOC_CFG_FRAMES_ZEROED` the library writes no guest frame
+ *   (except the reserve's link word, which it cleans): cleaning the
+ *   frames `alloc_frame` returns to the point of coherency is the host's
+ *   job, in `alloc_frame`; the instruction side of executable pages is
+ *   still done by the library.
+ * - A host that is not aarch64 building Arm tables (a simulator, a
+ *   cross-architecture test) gets no maintenance from the library: it must
+ *   itself clean each new guest frame (and the bytes `axalloc_write`
+ *   copied) to the point of coherency of the Arm CPU that runs the guest
+ *   before that CPU can walk to it, and invalidate its instruction cache
+ *   for executable pages.
+ *
+ * Table frames need none of this: the stage-2 walks `hw.vtcr` sets up are
+ * write-back cacheable.
  */
 #define AXALLOC_CFG_ARM_S2FWB (1u << 12)
 
@@ -1314,18 +1343,11 @@ axalloc_status_t axalloc_present_bitmap(const axalloc_as_t *as,
  *   the guest can fault forever. With Svvptc the fence may be skipped (the
  *   fault then only repeats a bounded number of times).
  *
- * Arm cache maintenance (without `AXALLOC_CFG_ARM_S2FWB`): the library
- * zeroes a new guest frame through the host's cacheable mapping; a guest
- * running with its caches off reads memory, not the cache, and could see
- * the frame's previous contents. This version does not clean caches itself
- * on any host: an Arm host must clean the new frame to the point of
- * coherency (`DC CVAC` over the page, then `DSB ISH`) before resuming the
- * vCPU — e.g. in `alloc_frame` after zeroing it itself with
- * `AXALLOC_CFG_FRAMES_ZEROED`, or after `AXALLOC_OK` here via
- * `axalloc_translate` — and invalidate the instruction cache for it (`IC
- * IVAU`, `DSB ISH`, `ISB`) when the region is executable. With FEAT_S2FWB
- * (`AXALLOC_CFG_ARM_S2FWB`, HCR_EL2.FWB = 1) stage 2 forces write-back and
- * none of this is needed.
+ * Arm cache maintenance: on an Arm host the new frame is cleaned to the
+ * point of coherency (without `AXALLOC_CFG_ARM_S2FWB`) and, for an
+ * executable region, the instruction cache is invalidated for it, before
+ * the entry is stored — nothing for the host to do; a host that is not
+ * aarch64 does it itself (see `AXALLOC_CFG_ARM_S2FWB`).
  *
  * # Safety
  * `as` is NULL or a live handle.

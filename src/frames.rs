@@ -11,6 +11,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
 
 use crate::addr::{FRAME_SIZE, Hpa};
+use crate::cache::{self, Span};
 use crate::error::Result;
 use crate::format::{BLOCK_ORDER, BLOCK_SIZE};
 use crate::hooks::Hooks;
@@ -27,26 +28,69 @@ const BLOCK_FRAMES: i64 = (BLOCK_SIZE / FRAME_SIZE) as i64;
 /// from `alloc_frame`, zeroed with ordinary stores (cache-warm for the guest's
 /// first touch) unless the host promised zeroed frames. Not counted: the
 /// fault count stands for it in `guest_frames` once it is installed.
+///
+/// On Arm the frame is also made visible to the guest before it is returned
+/// (`cache.rs`): what the library wrote cleaned to the PoC, and for an
+/// `exec` page the instruction cache invalidated. On other hosts the
+/// maintenance branch is compiled out (`Policy::active`).
 #[inline(always)]
-pub fn fault_frame(hooks: &Hooks, reserve: Option<&Reserve>, frames_zeroed: bool) -> Result<Hpa> {
+pub fn fault_frame(
+    hooks: &Hooks,
+    reserve: Option<&Reserve>,
+    frames_zeroed: bool,
+    exec: bool,
+) -> Result<Hpa> {
+    let policy = hooks.cache();
     if let Some(r) = reserve
         && let Some(hpa) = r.pop(hooks)?
     {
+        if policy.active() {
+            // Cleaned when the reserve was filled; since then only the link
+            // word (cleared by `pop`) was written.
+            let link = Span {
+                offset: 0,
+                len: Reserve::LINK_BYTES,
+            };
+            return publish_or_free(hooks, hpa, |p| {
+                cache::publish(policy, p, link, exec, Span::FRAME)
+            });
+        }
         return Ok(hpa);
     }
     let hpa = hooks.alloc_frame()?;
-    if !frames_zeroed {
-        match hooks.virt(hpa) {
-            // SAFETY: a fresh frame of ours that nothing maps yet.
-            Ok(p) => unsafe { zero::zero_frame(p) },
-            Err(e) => {
-                // SAFETY: obtained above and never shown to anyone.
-                unsafe { hooks.free_frame(hpa) };
-                return Err(e);
+    let clean = policy.active() && (exec || !frames_zeroed);
+    if !frames_zeroed || clean {
+        return publish_or_free(hooks, hpa, |p| {
+            if !frames_zeroed {
+                // SAFETY: a fresh frame of ours that nothing maps yet.
+                unsafe { zero::zero_frame(p) };
             }
-        }
+            let dirty = if frames_zeroed {
+                Span::NONE
+            } else {
+                Span::FRAME
+            };
+            cache::publish(policy, p, dirty, exec, Span::FRAME);
+        });
     }
     Ok(hpa)
+}
+
+/// Runs `f` on the host's view of the fresh frame `hpa`; gives the frame
+/// back if the host cannot show it.
+#[inline(always)]
+fn publish_or_free(hooks: &Hooks, hpa: Hpa, f: impl FnOnce(NonNull<u8>)) -> Result<Hpa> {
+    match hooks.virt(hpa) {
+        Ok(p) => {
+            f(p);
+            Ok(hpa)
+        }
+        Err(e) => {
+            // SAFETY: obtained by the caller and never shown to anyone.
+            unsafe { hooks.free_frame(hpa) };
+            Err(e)
+        }
+    }
 }
 
 /// One operation's view of frame allocation.
@@ -183,11 +227,30 @@ impl<'a> Frames<'a> {
 
     /// Zeroes a frame from [`Frames::alloc_guest_unzeroed`] (streaming; run
     /// [`zero::streaming_fence`] before it becomes reachable).
-    pub fn zero_guest(&self, hpa: Hpa) -> Result {
-        if !self.frames_zeroed {
+    ///
+    /// On Arm the frame is made visible to the guest too (`cache.rs`;
+    /// `exec`: the guest may execute it).
+    pub fn zero_guest(&self, hpa: Hpa, exec: bool) -> Result {
+        let policy = self.hooks.cache();
+        let clean = policy.active() && (exec || !self.frames_zeroed);
+        if !self.frames_zeroed || clean {
             let p = self.hooks.virt(hpa)?;
-            // SAFETY: a guest frame of ours that no present entry reaches yet.
-            unsafe { zero::zero_frame_streaming(p) };
+            if !self.frames_zeroed {
+                // SAFETY: a guest frame of ours that no present entry reaches
+                // yet.
+                unsafe { zero::zero_frame_streaming(p) };
+            }
+            if clean {
+                // The streamed stores first (on Arm they are ordinary ones;
+                // the fence is for symmetry with x86 and compiles to nothing).
+                zero::streaming_fence();
+                let dirty = if self.frames_zeroed {
+                    Span::NONE
+                } else {
+                    Span::FRAME
+                };
+                cache::publish(policy, p, dirty, exec, Span::FRAME);
+            }
         }
         Ok(())
     }
@@ -210,14 +273,32 @@ impl<'a> Frames<'a> {
     /// does, once; a fault right after this). `phys_to_virt` of the first
     /// frame (or the direct map) shows the whole block contiguously, per the
     /// hook's contract.
-    pub fn zero_guest_block(&self, hpa: Hpa) -> Result {
-        if !self.frames_zeroed {
+    pub fn zero_guest_block(&self, hpa: Hpa, exec: bool) -> Result {
+        let policy = self.hooks.cache();
+        let clean = policy.active() && (exec || !self.frames_zeroed);
+        if !self.frames_zeroed || clean {
             let p = self.hooks.virt(hpa)?;
             for i in 0..BLOCK_FRAMES as usize {
                 // SAFETY: frame `i` of a block of ours that no present entry
                 // reaches yet, contiguous in the host's view (the hook
                 // contract), 4 KiB aligned (`Hooks::virt` checked the first).
-                unsafe { zero::zero_frame_streaming(p.add(i * FRAME_SIZE)) };
+                let f = unsafe { p.add(i * FRAME_SIZE) };
+                if !self.frames_zeroed {
+                    // SAFETY: as above.
+                    unsafe { zero::zero_frame_streaming(f) };
+                }
+                if clean {
+                    // Arm: each frame to the point of coherency (and the
+                    // I-side for code) before the block is mapped, as
+                    // `zero_guest` does for one frame.
+                    zero::streaming_fence();
+                    let dirty = if self.frames_zeroed {
+                        Span::NONE
+                    } else {
+                        Span::FRAME
+                    };
+                    cache::publish(policy, f, dirty, exec, Span::FRAME);
+                }
             }
         }
         Ok(())
@@ -234,13 +315,21 @@ impl<'a> Frames<'a> {
         unsafe { self.hooks.free_contig(hpa, BLOCK_ORDER) };
     }
 
+    /// True if guest frames from [`Frames::alloc_guest_unzeroed`] need
+    /// [`Frames::zero_guest`] at all: the library zeroes them, or (Arm)
+    /// cache maintenance may be due.
+    pub fn guest_frames_need_work(&self) -> bool {
+        !self.frames_zeroed || self.hooks.cache().active()
+    }
+
     /// A zeroed guest frame for a fault: zeroed with ordinary stores, so the
     /// lines are in the cache when the guest touches the page right after the
     /// fault, and no fence is needed (the install's Release orders them).
     /// A frame from the zeroed reserve comes first: no zeroing, no hook call.
+    /// `exec`: the guest may execute the page (Arm: `cache.rs`).
     #[inline]
-    pub fn alloc_guest(&self) -> Result<Hpa> {
-        let hpa = fault_frame(self.hooks, self.reserve, self.frames_zeroed)?;
+    pub fn alloc_guest(&self, exec: bool) -> Result<Hpa> {
+        let hpa = fault_frame(self.hooks, self.reserve, self.frames_zeroed, exec)?;
         self.guests.set(self.guests.get() + 1);
         Ok(hpa)
     }

@@ -9,6 +9,7 @@ use core::ffi::c_void;
 use core::ptr::NonNull;
 
 use crate::addr::{FRAME_SIZE, Hpa};
+use crate::cache::Policy;
 use crate::capi::axalloc_hooks;
 use crate::error::{Error, Result};
 
@@ -41,6 +42,9 @@ pub struct Hooks {
     /// format's entries: 2^52 (x86), 2^48 (Arm, 48-bit output addresses),
     /// 2^56 capped at 2^52 (RISC-V, the library's own limit).
     hpa_limit: u64,
+    /// What a guest frame written through these hooks' view needs before
+    /// the guest sees it (Arm: cache maintenance, see `cache.rs`).
+    cache: Policy,
 }
 
 // SAFETY: the header requires every hook to be callable from any thread, also
@@ -79,6 +83,7 @@ impl Hooks {
             relax: h.relax,
             linear_offset: None,
             hpa_limit: HPA_LIMIT,
+            cache: Policy::None,
         })
     }
 
@@ -162,6 +167,18 @@ impl Hooks {
     pub fn with_hpa_limit(mut self, limit: u64) -> Self {
         self.hpa_limit = limit.min(HPA_LIMIT);
         self
+    }
+
+    /// Sets the cache maintenance guest frames need (`cache.rs`).
+    pub fn with_cache(mut self, policy: Policy) -> Self {
+        self.cache = policy;
+        self
+    }
+
+    /// The cache maintenance guest frames written through this view need.
+    #[inline(always)]
+    pub fn cache(&self) -> Policy {
+        self.cache
     }
 
     /// Frames (and linear ranges) must end at or below this address.

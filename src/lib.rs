@@ -23,6 +23,7 @@
 //! | `hooks.rs`      | the host's callbacks, validated                          |
 //! | `flags.rs`      | region flags and fault access kinds                      |
 //! | `zero.rs`       | zeroing frames (cached and streaming)                    |
+//! | `cache.rs`      | Arm cache maintenance for guest frames the library wrote |
 //! | `stats.rs`      | counters                                                 |
 //! | `sync.rs`       | the reader-writer lock (writer-preferring, panic-free)   |
 //! | `addr.rs`       | typed guest- and host-physical addresses                 |
@@ -34,6 +35,7 @@
 
 pub mod addr;
 pub mod backend;
+pub mod cache;
 pub mod capi;
 pub mod claims;
 pub mod error;

@@ -18,6 +18,7 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::addr::{FRAME_SIZE, Hpa};
+use crate::cache::{self, Policy, Span};
 use crate::error::Result;
 use crate::hooks::Hooks;
 use crate::zero;
@@ -30,6 +31,12 @@ const EMPTY_FN: u64 = FN_MASK;
 const GEN: u64 = 1 << FN_BITS;
 /// Frames zeroed per fence while filling.
 const BATCH: usize = 64;
+
+impl Reserve {
+    /// Bytes at the start of a reserved frame that hold the link (written by
+    /// `push`, cleared by `pop`): all a fault must clean again on Arm.
+    pub const LINK_BYTES: usize = 8;
+}
 
 const fn pack(frame: u64, generation: u64) -> u64 {
     (frame & FN_MASK) | generation.wrapping_mul(GEN)
@@ -177,12 +184,24 @@ impl Reserve {
     }
 
     /// One frame from the host, zeroed with streaming stores (not fenced).
+    /// On Arm without FEAT_S2FWB it is also cleaned to the PoC here, in
+    /// bulk and with no lock held, so that a fault taking it only cleans the
+    /// link word's line (`frames::fault_frame`); the reserve belongs to one
+    /// address space, whose policy the hooks carry (`cache.rs`). Executable
+    /// pages get their instruction-side maintenance at the fault, which
+    /// knows the page's rights.
     fn obtain(&self, hooks: &Hooks, frames_zeroed: bool) -> Result<Hpa> {
         let hpa = hooks.alloc_frame()?;
         if !frames_zeroed {
             match hooks.virt(hpa) {
                 // SAFETY: a fresh frame of ours that nothing maps yet.
-                Ok(p) => unsafe { zero::zero_frame_streaming(p) },
+                Ok(p) => unsafe {
+                    zero::zero_frame_streaming(p);
+                    if hooks.cache() == Policy::Full {
+                        zero::streaming_fence();
+                        cache::publish(hooks.cache(), p, Span::FRAME, false, Span::NONE);
+                    }
+                },
                 Err(e) => {
                     // SAFETY: obtained above, never shown to anyone.
                     unsafe { hooks.free_frame(hpa) };

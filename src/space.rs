@@ -254,7 +254,12 @@ impl AddrSpace {
     /// table. On error nothing is held.
     pub fn create(config: Config, hooks: Hooks) -> Result<NonNull<AddrSpace>> {
         config.validate()?;
-        let hooks = hooks.with_hpa_limit(1 << config.format.hpa_bits());
+        let hooks = hooks
+            .with_hpa_limit(1 << config.format.hpa_bits())
+            .with_cache(crate::cache::Policy::for_space(
+                config.format.family() == format::Family::ArmS2,
+                config.s2fwb,
+            ));
         let home = hooks.alloc_frame()?;
         let ptr = match hooks.virt(home) {
             Ok(p) if (p.as_ptr() as usize).is_multiple_of(core::mem::align_of::<AddrSpace>()) => {
@@ -1055,7 +1060,12 @@ impl AddrSpace {
                         // SAFETY: `p` points to `len` writable bytes of a
                         // present frame in a region we hold the lock over.
                         (Some(p), Some(src)) => unsafe {
-                            core::ptr::copy_nonoverlapping(src.as_ptr(), p.as_ptr(), len)
+                            core::ptr::copy_nonoverlapping(src.as_ptr(), p.as_ptr(), len);
+                            // Arm: the bytes reach the guest (`cache.rs`).
+                            crate::cache::publish_write(self.hooks.cache(), p, len, || {
+                                let at = Gpa::from_usize(gpa as usize + off);
+                                m.regions.find(at).is_some_and(|r| r.flags.contains(Flags::EXEC))
+                            });
                         },
                         _ => return Err(Error::Internal),
                     }

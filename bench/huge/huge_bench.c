@@ -119,6 +119,8 @@ static void touch_all(axalloc_as_t *as, uint64_t gpa, uint64_t size) {
 
 struct row {
   double populate_ms, fault_ms, discard_ms;
+  double protect_ro_ms, protect_rw_ms, protect_lazy_ms; /* protect 1 GiB: R (one flush), RW back, lazy */
+  uint64_t protect_lazy_tables;
   uint64_t populate_tables, fault_tables, faults, huge_pages;
 };
 
@@ -136,7 +138,7 @@ static double med(double *v, int n) {
 
 static struct row run(uint32_t huge, int reps) {
   struct row r = {0};
-  double pop[16], flt[16], dis[16];
+  double pop[16], flt[16], dis[16], pro[16], prw[16], plz[16];
   for (int i = 0; i < reps; i++) {
     axalloc_as_t *as = space();
     uint64_t t0 = now();
@@ -144,6 +146,14 @@ static struct row run(uint32_t huge, int reps) {
     pop[i] = (double)(now() - t0) / 1e6;
     r.populate_tables = stats(as).table_frames;
     r.huge_pages = stats(as).huge_pages;
+    /* protect: write removed from every present page (one flush), then
+     * given back (no flush); 2 MiB pages change in place */
+    t0 = now();
+    must(axalloc_protect(as, GPA, GIB, AXALLOC_READ), "protect R");
+    pro[i] = (double)(now() - t0) / 1e6;
+    t0 = now();
+    must(axalloc_protect(as, GPA, GIB, RW), "protect RW");
+    prw[i] = (double)(now() - t0) / 1e6;
     t0 = now();
     must(axalloc_discard(as, GPA, GIB), "discard");
     dis[i] = (double)(now() - t0) / 1e6;
@@ -157,10 +167,22 @@ static struct row run(uint32_t huge, int reps) {
     r.fault_tables = stats(as).table_frames;
     r.faults = stats(as).faults;
     axalloc_as_destroy(as);
+
+    /* protect of never-touched RAM: lazy entries in the leaf tables it links */
+    as = space();
+    must(axalloc_map_alloc(as, GPA, GIB, RW | huge, false), "lazy");
+    t0 = now();
+    must(axalloc_protect(as, GPA, GIB, AXALLOC_READ), "protect lazy");
+    plz[i] = (double)(now() - t0) / 1e6;
+    r.protect_lazy_tables = stats(as).table_frames;
+    axalloc_as_destroy(as);
   }
   r.populate_ms = med(pop, reps);
   r.fault_ms = med(flt, reps);
   r.discard_ms = med(dis, reps);
+  r.protect_ro_ms = med(pro, reps);
+  r.protect_rw_ms = med(prw, reps);
+  r.protect_lazy_ms = med(plz, reps);
   return r;
 }
 
@@ -244,6 +266,13 @@ int main(int argc, char **argv) {
   printf("| faults per GiB | %" PRIu64 " | %" PRIu64 " |\n", small.faults, big.faults);
   printf("| table frames after fault-in | %" PRIu64 " | %" PRIu64 " |\n", small.fault_tables, big.fault_tables);
   printf("| discard 1 GiB (populated) | %.1f | %.1f |\n", small.discard_ms, big.discard_ms);
+  printf("| protect 1 GiB populated: READ (write removed, one flush) | %.2f | %.2f |\n", small.protect_ro_ms,
+         big.protect_ro_ms);
+  printf("| protect 1 GiB populated: READ|WRITE back (no flush) | %.2f | %.2f |\n", small.protect_rw_ms,
+         big.protect_rw_ms);
+  printf("| protect 1 GiB never touched: READ (lazy entries; table frames after) | %.2f (%" PRIu64 ") | %.2f (%" PRIu64
+         ") |\n",
+         small.protect_lazy_ms, small.protect_lazy_tables, big.protect_lazy_ms, big.protect_lazy_tables);
   printf("| mixed guest: map, fault in, discard every 37th page, re-touch, discard all | %.1f | %.1f |\n",
          mixed_small, mixed_big);
   printf("| ... mid-way: guest_frames / table_frames / huge_pages | %" PRIu64 " / %" PRIu64 " / %" PRIu64

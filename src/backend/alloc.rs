@@ -359,8 +359,10 @@ pub fn fault_in<F: Format>(
         walker.reserve_tables(n - leftover.pool_len(), &mut leftover.pool)?;
     }
     let frames = walker.frames();
-    let hpa = frames.alloc_guest()?;
-    let leaf = F::leaf_at(template(flags), hpa);
+    let template = template(flags);
+    let exec = frames.hooks().cache().active() && crate::cache::leaf_exec::<F>(template);
+    let hpa = frames.alloc_guest(exec)?;
+    let leaf = F::leaf_at(template, hpa);
     let installed = match slot {
         // The common case: the leaf table exists, one compare-exchange
         // (Release: the frame's zeroing before the entry).
@@ -416,7 +418,8 @@ fn fault_block<F: Format>(
         Err(Error::NoMemory) => return Ok(None),
         Err(e) => return Err(e),
     };
-    if let Err(e) = frames.zero_guest_block(hpa) {
+    let exec = frames.hooks().cache().active() && crate::cache::leaf_exec::<F>(template);
+    if let Err(e) = frames.zero_guest_block(hpa, exec) {
         leftover.block = Some(hpa);
         return Err(e);
     }

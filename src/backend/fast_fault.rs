@@ -25,6 +25,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::addr::{Gpa, Hpa};
+use crate::cache;
 use crate::error::Error;
 use crate::format::Format;
 use crate::frames;
@@ -107,13 +108,18 @@ impl FastFault<'_> {
         if seen != F::EMPTY {
             return Fast::Slow;
         }
-        let hpa = match frames::fault_frame(self.hooks, Some(self.reserve), self.frames_zeroed) {
-            Ok(hpa) => hpa,
-            Err(e) => return Fast::Failed(e),
-        };
+        // Arm: an executable page needs instruction-side maintenance too
+        // (`cache.rs`); a constant `false` on other hosts.
+        let exec = self.hooks.cache().active() && cache::leaf_exec::<F>(template);
+        let hpa =
+            match frames::fault_frame(self.hooks, Some(self.reserve), self.frames_zeroed, exec) {
+                Ok(hpa) => hpa,
+                Err(e) => return Fast::Failed(e),
+            };
         let leaf = F::leaf_at(template, hpa);
         // Release: the frame's zeroing (ours, the reserve's or the host's)
-        // is visible before the entry that reaches it.
+        // is visible before the entry that reaches it (on Arm also cleaned
+        // to the PoC by `fault_frame`, completed by its DSB).
         match entry.compare_exchange(seen, leaf, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => Fast::Installed,
             Err(_) => Fast::Lost(hpa),

@@ -281,7 +281,7 @@ impl<'a, F: Format> Walker<'a, F> {
             );
             gpa += FRAME_SIZE;
         }
-        if !self.frames.frames_zeroed() {
+        if self.frames.guest_frames_need_work() {
             for slot in slots {
                 self.zero_if_owned(slot.load(Ordering::Relaxed), 0)?;
             }
@@ -295,10 +295,16 @@ impl<'a, F: Format> Walker<'a, F> {
         if level == 1
             && let Some((block, _)) = format::block_of::<F>(leaf, level)
         {
-            return self.frames.zero_guest_block(block);
+            let exec = self.frames.hooks().cache().active() && crate::cache::leaf_exec::<F>(leaf);
+            return self.frames.zero_guest_block(block, exec);
         }
         match format::decode::<F>(leaf, level) {
-            Entry::Leaf { hpa, owned: true } => self.frames.zero_guest(hpa),
+            Entry::Leaf { hpa, owned: true } => {
+                // Arm: zeroed and cleaned before it can become present.
+                let exec =
+                    self.frames.hooks().cache().active() && crate::cache::leaf_exec::<F>(leaf);
+                self.frames.zero_guest(hpa, exec)
+            }
             _ => Ok(()),
         }
     }

@@ -335,7 +335,17 @@ impl Pool {
     }
 
     pub fn space(&self, format: FormatKind, size: u64) -> NonNull<AddrSpace> {
-        let config = Config {
+        self.space_with(format, size, |_| {})
+    }
+
+    /// [`Pool::space`] with the config adjusted by `adjust`.
+    pub fn space_with(
+        &self,
+        format: FormatKind,
+        size: u64,
+        adjust: impl FnOnce(&mut Config),
+    ) -> NonNull<AddrSpace> {
+        let mut config = Config {
             format,
             gpa_bits: format.max_gpa_bits(),
             frames_zeroed: false,
@@ -345,6 +355,7 @@ impl Pool {
             base: Gpa::from_u64(0),
             size: size as usize,
         };
+        adjust(&mut config);
         AddrSpace::create(config, self.hooks).unwrap()
     }
 
