@@ -231,28 +231,44 @@ impl<'a> Frames<'a> {
     /// On Arm the frame is made visible to the guest too (`cache.rs`;
     /// `exec`: the guest may execute it).
     pub fn zero_guest(&self, hpa: Hpa, exec: bool) -> Result {
-        let policy = self.hooks.cache();
-        let clean = policy.active() && (exec || !self.frames_zeroed);
-        if !self.frames_zeroed || clean {
+        if self.guest_work(exec) {
             let p = self.hooks.virt(hpa)?;
-            if !self.frames_zeroed {
-                // SAFETY: a guest frame of ours that no present entry reaches
-                // yet.
-                unsafe { zero::zero_frame_streaming(p) };
-            }
-            if clean {
-                // The streamed stores first (on Arm they are ordinary ones;
-                // the fence is for symmetry with x86 and compiles to nothing).
-                zero::streaming_fence();
-                let dirty = if self.frames_zeroed {
-                    Span::NONE
-                } else {
-                    Span::FRAME
-                };
-                cache::publish(policy, p, dirty, exec, Span::FRAME);
-            }
+            // SAFETY: a guest frame of ours that no present entry reaches yet.
+            unsafe { self.zero_and_publish(p, exec) };
         }
         Ok(())
+    }
+
+    /// True if a guest frame needs zeroing or (Arm) cache maintenance.
+    fn guest_work(&self, exec: bool) -> bool {
+        !self.frames_zeroed || (self.hooks.cache().active() && exec)
+    }
+
+    /// Zeroes the guest frame at `p` with streaming stores (unless the host
+    /// promised zeroed frames) and, on an Arm host, cleans it to the point of
+    /// coherency (and the I-side for code) — before any entry maps it.
+    ///
+    /// # Safety
+    /// `p` is the host view of a whole guest frame of ours that no present
+    /// entry reaches yet.
+    unsafe fn zero_and_publish(&self, p: core::ptr::NonNull<u8>, exec: bool) {
+        let policy = self.hooks.cache();
+        let clean = policy.active() && (exec || !self.frames_zeroed);
+        if !self.frames_zeroed {
+            // SAFETY: per this function's contract.
+            unsafe { zero::zero_frame_streaming(p) };
+        }
+        if clean {
+            // The streamed stores first (on Arm they are ordinary ones;
+            // the fence is for symmetry with x86 and compiles to nothing).
+            zero::streaming_fence();
+            let dirty = if self.frames_zeroed {
+                Span::NONE
+            } else {
+                Span::FRAME
+            };
+            cache::publish(policy, p, dirty, exec, Span::FRAME);
+        }
     }
 
     /// A 2 MiB guest block from `alloc_contig(9)`, **not zeroed yet** (the
@@ -274,31 +290,13 @@ impl<'a> Frames<'a> {
     /// frame (or the direct map) shows the whole block contiguously, per the
     /// hook's contract.
     pub fn zero_guest_block(&self, hpa: Hpa, exec: bool) -> Result {
-        let policy = self.hooks.cache();
-        let clean = policy.active() && (exec || !self.frames_zeroed);
-        if !self.frames_zeroed || clean {
+        if self.guest_work(exec) {
             let p = self.hooks.virt(hpa)?;
             for i in 0..BLOCK_FRAMES as usize {
                 // SAFETY: frame `i` of a block of ours that no present entry
                 // reaches yet, contiguous in the host's view (the hook
                 // contract), 4 KiB aligned (`Hooks::virt` checked the first).
-                let f = unsafe { p.add(i * FRAME_SIZE) };
-                if !self.frames_zeroed {
-                    // SAFETY: as above.
-                    unsafe { zero::zero_frame_streaming(f) };
-                }
-                if clean {
-                    // Arm: each frame to the point of coherency (and the
-                    // I-side for code) before the block is mapped, as
-                    // `zero_guest` does for one frame.
-                    zero::streaming_fence();
-                    let dirty = if self.frames_zeroed {
-                        Span::NONE
-                    } else {
-                        Span::FRAME
-                    };
-                    cache::publish(policy, f, dirty, exec, Span::FRAME);
-                }
+                unsafe { self.zero_and_publish(p.add(i * FRAME_SIZE), exec) };
             }
         }
         Ok(())

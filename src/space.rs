@@ -33,7 +33,7 @@ use crate::reserve::Reserve;
 use crate::stats::{Counters, Stats};
 use crate::sync::{Exclusive, ReadGuard, Relax, RwLock, WriteGuard};
 use crate::table::map::{LeafSource, Prepared};
-use crate::table::protect::{Part, Protected};
+use crate::table::protect::Part;
 use crate::table::stock::TableStock;
 use crate::table::unmap::DetachCtx;
 use crate::table::{TablePool, Walker, read};
@@ -747,7 +747,7 @@ impl AddrSpace {
             }
             // 4. The entries, beside faults.
             let m = self.lock_shared();
-            let mut out = Protected::default();
+            let mut out = crate::table::Hull::default();
             m.regions.for_each_in(start, end, |r| {
                 w.protect(
                     m.token(),

@@ -32,27 +32,9 @@ use crate::format::{self, Entry, Format, with_format};
 use crate::logs::{Log, Map};
 use crate::region::Backend;
 use crate::sync::ReadGuard;
-use crate::table::Walker;
 use crate::table::iter::{Descend, Iter, Visit};
 use crate::table::stock::TableStock;
-
-/// The span of entries a walk changed (`lo == hi`: none, no flush owed).
-#[derive(Clone, Copy, Default)]
-struct Hull {
-    lo: usize,
-    hi: usize,
-}
-
-impl Hull {
-    fn note(&mut self, a: usize, b: usize) {
-        if self.lo == self.hi {
-            (self.lo, self.hi) = (a, b);
-        } else {
-            self.lo = self.lo.min(a);
-            self.hi = self.hi.max(b);
-        }
-    }
-}
+use crate::table::{Hull, Walker};
 
 /// Leaf `raw` without write (rights otherwise kept).
 fn without_write<F: Format>(raw: u64) -> Result<u64> {

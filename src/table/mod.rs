@@ -54,6 +54,28 @@ use crate::reserve::Reserve;
 use crate::stats::Counters;
 use iter::{Descend, Iter, Visit};
 
+/// The hull of the guest-physical spans an operation changed: what its one
+/// flush covers (`lo == hi`: nothing changed, no flush owed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Hull {
+    /// First byte.
+    pub lo: usize,
+    /// One past the last byte.
+    pub hi: usize,
+}
+
+impl Hull {
+    /// Adds `[a, b)`.
+    pub fn note(&mut self, a: usize, b: usize) {
+        if self.lo == self.hi {
+            (self.lo, self.hi) = (a, b);
+        } else {
+            self.lo = self.lo.min(a);
+            self.hi = self.hi.max(b);
+        }
+    }
+}
+
 /// Entries in a non-root table.
 pub const ENTRIES: usize = FRAME_SIZE / 8;
 

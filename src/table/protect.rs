@@ -20,7 +20,7 @@
 //! Every change is a compare-exchange from the value seen (a fault or the
 //! hardware may change the entry meanwhile: retry from what is there now), so
 //! protect runs under the shared lock beside faults. It never frees
-//! anything. A present leaf that lost a right is noted in [`Protected`]: the
+//! anything. A present leaf that lost a right is noted in [`Hull`]: the
 //! caller flushes that span once before returning; rights only added need no
 //! flush (a stale, more restrictive translation faults, and the fault finds
 //! the entry allows the access: spurious).
@@ -34,9 +34,9 @@ use crate::hooks::Hooks;
 use crate::logs::{Logs, Map};
 use crate::sync::Shared;
 
-use super::Walker;
 use super::iter::{Descend, Iter, Visit};
 use super::stock::TableStock;
+use super::{Hull, Walker};
 
 /// One region's part of a protect.
 #[derive(Clone, Copy)]
@@ -89,26 +89,6 @@ fn to_mapping(rights: u32) -> Result<page_table_multiarch::MappingFlags> {
         .to_mapping())
 }
 
-/// The span of present leaves that lost a right: what the flush must cover.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Protected {
-    /// `lo == hi`: nothing lost a right, no flush owed.
-    pub lo: usize,
-    /// See `lo`.
-    pub hi: usize,
-}
-
-impl Protected {
-    fn note(&mut self, a: usize, b: usize) {
-        if self.lo == self.hi {
-            (self.lo, self.hi) = (a, b);
-        } else {
-            self.lo = self.lo.min(a);
-            self.hi = self.hi.max(b);
-        }
-    }
-}
-
 /// Tables a missing subtree needs below an empty entry at `level` for the
 /// part `[lo, hi)` of its span: at each level below, one per table-sized
 /// block the part touches.
@@ -149,7 +129,7 @@ impl<'a, F: Format> Walker<'a, F> {
         _locked: Shared<'_>,
         part: &Part,
         stock: &mut TableStock,
-        out: &mut Protected,
+        out: &mut Hull,
     ) -> Result {
         let new = part.new;
         let lazy = part.wants_lazy();

@@ -26,7 +26,7 @@ use crate::hooks::Hooks;
 use crate::sync::Exclusive;
 
 use super::iter::{Descend, Iter, Visit};
-use super::{TablePool, Walker};
+use super::{Hull, TablePool, Walker};
 
 /// What a detach removed from the hardware's view.
 #[must_use = "flush, then reclaim"]
@@ -35,53 +35,42 @@ pub struct Detached {
     /// The range that was unmapped.
     start: usize,
     end: usize,
-    /// Span of every detached entry (`lo == hi`: nothing; no flush owed).
-    lo: usize,
-    hi: usize,
+    /// Span of every detached entry (empty: nothing; no flush owed).
+    detached: Hull,
     /// What the flush covers besides: the whole span of every block this
     /// detach gives back while other operations detached pieces of it
     /// (their flushes may come after ours). Not reclaimed: those pieces
     /// are theirs.
-    flush_lo: usize,
-    flush_hi: usize,
+    also: Hull,
 }
 
 impl Detached {
     fn note(&mut self, a: usize, b: usize) {
-        if self.lo == self.hi {
-            (self.lo, self.hi) = (a, b);
-        } else {
-            self.lo = self.lo.min(a);
-            self.hi = self.hi.max(b);
-        }
+        self.detached.note(a, b);
     }
 
-    /// Widens the flush only (see `flush_lo`).
+    /// Widens the flush only (see `also`).
     fn note_flush(&mut self, a: usize, b: usize) {
-        if self.flush_lo == self.flush_hi {
-            (self.flush_lo, self.flush_hi) = (a, b);
-        } else {
-            self.flush_lo = self.flush_lo.min(a);
-            self.flush_hi = self.flush_hi.max(b);
-        }
+        self.also.note(a, b);
     }
 
     /// The guest-physical range a flush must cover (empty: none owed).
     pub fn flush_range(&self) -> (usize, usize) {
-        match (self.lo == self.hi, self.flush_lo == self.flush_hi) {
-            (_, true) => (self.lo, self.hi),
-            (true, false) => (self.flush_lo, self.flush_hi),
-            (false, false) => (self.lo.min(self.flush_lo), self.hi.max(self.flush_hi)),
+        let mut h = self.detached;
+        if self.also.lo != self.also.hi {
+            h.note(self.also.lo, self.also.hi);
         }
+        (h.lo, h.hi)
     }
 
     /// Everything the operation touched: the unmapped range and the spans of
     /// pruned tables (what the caller's claim must cover until the reclaim).
     pub fn span(&self) -> (usize, usize) {
-        if self.lo == self.hi {
+        let Hull { lo, hi } = self.detached;
+        if lo == hi {
             (self.start, self.end)
         } else {
-            (self.start.min(self.lo), self.end.max(self.hi))
+            (self.start.min(lo), self.end.max(hi))
         }
     }
 
@@ -395,10 +384,8 @@ impl<'a, F: Format> Walker<'a, F> {
         let mut d = Detached {
             start,
             end,
-            lo: 0,
-            hi: 0,
-            flush_lo: 0,
-            flush_hi: 0,
+            detached: Hull::default(),
+            also: Hull::default(),
         };
         let mut it = Iter::root(self, start, end, Descend::Present)?;
         let mut steps = 0usize;

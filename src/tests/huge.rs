@@ -4,13 +4,14 @@
 //! the flush, only when none of its pages is mapped; failure injection at
 //! every allocation point; concurrent writers never lose data.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 
+use super::core::entry;
 use super::pool::{Event, Pool};
 use super::{shapes, with_space};
 use crate::error::Error;
 use crate::flags::{Access, Flags};
-use crate::format::{self, Entry, Family, Format, FormatKind, with_format};
+use crate::format::{Family, Format, FormatKind, with_format};
 use crate::space::AddrSpace;
 
 const KIB: u64 = 1 << 10;
@@ -26,27 +27,6 @@ fn huge_rw() -> Flags {
 
 fn write() -> Access {
     Access::from_bits(2).unwrap()
-}
-
-/// The raw entry at `level` on the walk to `gpa` (panics if the walk stops
-/// above it).
-fn entry<F: Format>(pool: &Pool, s: &AddrSpace, gpa: u64, level: usize) -> &'static AtomicU64 {
-    let mut table = s.root().as_u64();
-    let mut l = F::LEVELS - 1;
-    loop {
-        let idx = (gpa as usize >> (12 + 9 * l))
-            % (512 << if l == F::LEVELS - 1 { F::ROOT_ORDER } else { 0 });
-        // SAFETY: a table frame of the pool, alive for the test.
-        let e = unsafe { &*(pool.virt(table).add(idx) as *const AtomicU64) };
-        if l == level {
-            return e;
-        }
-        match format::decode::<F>(e.load(Ordering::Relaxed), l) {
-            Entry::Table(t) => table = t.as_u64(),
-            other => panic!("walk to {gpa:#x} stops at level {l}: {other:?}"),
-        }
-        l -= 1;
-    }
 }
 
 /// The bits of a read/write 2 MiB block leaf mapping `hpa`, from the

@@ -46,6 +46,28 @@ pub(crate) fn with_space(
 
 pub(crate) mod pool;
 
+/// Region flags from bits (tests).
+pub(crate) fn flags(bits: u32) -> crate::flags::Flags {
+    crate::flags::Flags::from_bits(bits).unwrap()
+}
+/// A read access.
+pub(crate) fn read() -> crate::flags::Access {
+    crate::flags::Access::from_bits(1).unwrap()
+}
+/// A write access.
+pub(crate) fn write() -> crate::flags::Access {
+    crate::flags::Access::from_bits(2).unwrap()
+}
+/// Runs `f` on a fresh space of every shape [`shapes`] sweeps.
+pub(crate) fn each(
+    frames: usize,
+    f: impl Fn(crate::format::FormatKind, &pool::Pool, &crate::space::AddrSpace),
+) {
+    for &kind in shapes() {
+        with_space(kind, frames, |pool, s| f(kind, pool, s));
+    }
+}
+
 use page_table_multiarch::{GenericPTE, MappingFlags};
 
 use crate::addr::{Gpa, Hpa};

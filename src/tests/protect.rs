@@ -4,9 +4,9 @@ use core::sync::atomic::Ordering;
 
 use super::core::entry;
 use super::pool::Pool;
-use super::{shapes, with_space};
+use super::{each, flags, read, shapes, with_space, write};
 use crate::error::Error;
-use crate::flags::{Access, Flags};
+use crate::flags::Access;
 use crate::format::{self, Entry, Format, FormatKind, with_format};
 use crate::space::AddrSpace;
 
@@ -16,15 +16,6 @@ const RWX: u32 = 7;
 const PAGE: u64 = 0x1000;
 const BASE: u64 = 0x40_0000;
 
-fn flags(bits: u32) -> Flags {
-    Flags::from_bits(bits).unwrap()
-}
-fn read() -> Access {
-    Access::from_bits(1).unwrap()
-}
-fn write() -> Access {
-    Access::from_bits(2).unwrap()
-}
 fn exec() -> Access {
     Access::from_bits(4).unwrap()
 }
@@ -39,12 +30,6 @@ fn rights_of<F: Format>(pool: &Pool, s: &AddrSpace, gpa: u64) -> Option<u32> {
     match leaf::<F>(pool, s, gpa) {
         (Entry::Leaf { .. }, raw) => Some(format::leaf_rights::<F>(raw)),
         _ => None,
-    }
-}
-
-fn each(frames: usize, f: impl Fn(FormatKind, &Pool, &AddrSpace)) {
-    for &kind in shapes() {
-        with_space(kind, frames, |pool, s| f(kind, pool, s));
     }
 }
 

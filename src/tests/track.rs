@@ -6,31 +6,15 @@ use core::sync::atomic::Ordering;
 
 use super::core::entry;
 use super::pool::Pool;
-use super::{shapes, with_space};
+use super::{each, flags, read, shapes, with_space, write};
 use crate::error::Error;
-use crate::flags::{Access, Flags};
+use crate::flags::Flags;
 use crate::format::{self, Entry, Format, FormatKind, with_format};
 use crate::space::AddrSpace;
 
 const PAGE: u64 = 0x1000;
 const BASE: u64 = 0x40_0000;
 const RW: u32 = 3;
-
-fn flags(bits: u32) -> Flags {
-    Flags::from_bits(bits).unwrap()
-}
-fn read() -> Access {
-    Access::from_bits(1).unwrap()
-}
-fn write() -> Access {
-    Access::from_bits(2).unwrap()
-}
-
-fn each(frames: usize, f: impl Fn(FormatKind, &Pool, &AddrSpace)) {
-    for &kind in shapes() {
-        with_space(kind, frames, |pool, s| f(kind, pool, s));
-    }
-}
 
 fn dirty(s: &AddrSpace, gpa: u64, pages: u64, clear: bool) -> Vec<u64> {
     let mut out = vec![!0u64; pages.div_ceil(64) as usize];
