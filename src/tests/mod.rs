@@ -18,6 +18,7 @@ pub(crate) fn shapes() -> &'static [crate::format::FormatKind] {
     }
 }
 
+mod cache;
 mod core;
 mod fast_fault;
 mod formats;
