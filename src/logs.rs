@@ -18,6 +18,7 @@
 //! only after it left the registry and the lock was released (no reader can
 //! hold them then; hardware never sees them).
 
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::addr::{FRAME_SIZE, Hpa};
@@ -145,8 +146,10 @@ impl Log {
         Ok(unsafe { core::slice::from_raw_parts(p.as_ptr(), FRAME_SIZE / 8) })
     }
 
-    /// The word holding bit `bit` (a page index from `start`) of `map`.
-    fn word<'h>(&self, hooks: &'h Hooks, map: Map, bit: usize) -> Result<&'h AtomicU64> {
+    /// A pointer to the word holding bit `bit` (a page index from `start`)
+    /// of `map`, derived from its bitmap frame's host view (so it may reach
+    /// the rest of that frame), and the words left from it to the frame's end.
+    fn word_ptr(&self, hooks: &Hooks, map: Map, bit: usize) -> Result<(NonNull<AtomicU64>, usize)> {
         let frame = self
             .dir_view(hooks)?
             .get(map as usize * FRAMES_PER_MAP + bit / PAGES_PER_FRAME)
@@ -157,21 +160,27 @@ impl Log {
         }
         let words = hooks.virt(Hpa::from_u64(frame & !1))?.cast::<AtomicU64>();
         let i = (bit % PAGES_PER_FRAME) / 64;
-        // SAFETY: a bitmap frame of this log (named by its directory), a
-        // whole page-aligned frame alive until `free`; `i` < 512. Atomic.
-        Ok(unsafe { words.add(i).as_ref() })
+        // SAFETY: `i` < 512: inside the whole bitmap frame `words` views.
+        Ok((unsafe { words.add(i) }, FRAME_SIZE / 8 - i))
+    }
+
+    /// The word holding bit `bit` of `map`.
+    fn word<'h>(&self, hooks: &'h Hooks, map: Map, bit: usize) -> Result<&'h AtomicU64> {
+        let (p, _) = self.word_ptr(hooks, map, bit)?;
+        // SAFETY: a word of a bitmap frame of this log (named by its
+        // directory), alive until `free`; all access is atomic.
+        Ok(unsafe { p.as_ref() })
     }
 
     /// The words of `map` from bit `bit` (a multiple of 64, a page index
     /// from `start`) to the end of its bitmap frame: the scan of a get
     /// resolves each frame once, not each word.
     pub fn words<'h>(&self, hooks: &'h Hooks, map: Map, bit: usize) -> Result<&'h [AtomicU64]> {
-        let first = self.word(hooks, map, bit)?;
-        let left = (PAGES_PER_FRAME - bit % PAGES_PER_FRAME) / 64;
-        // SAFETY: `first` is word `(bit % PAGES_PER_FRAME) / 64` of a whole
-        // bitmap frame of this log (see `word`); the `left` words from it
-        // end at the frame's end. Alive until `free`; all access atomic.
-        Ok(unsafe { core::slice::from_raw_parts(first as *const AtomicU64, left) })
+        let (p, left) = self.word_ptr(hooks, map, bit)?;
+        // SAFETY: `left` words from `p` end at the end of a whole bitmap
+        // frame of this log, which `p`'s provenance covers (derived from the
+        // frame's host view); alive until `free`; all access is atomic.
+        Ok(unsafe { core::slice::from_raw_parts(p.as_ptr(), left) })
     }
 
     fn bit(&self, gpa: usize) -> Result<usize> {
