@@ -40,6 +40,8 @@ use crate::table::{TablePool, Walker, read};
 
 mod track;
 
+pub(crate) use track::mark_accessed;
+
 /// One leaf template per combination of region flags.
 const LEAF_TEMPLATES: usize = Flags::ALL.bits() as usize + 1;
 
@@ -1029,7 +1031,7 @@ impl AddrSpace {
                 }
                 Ok(())
             })?;
-            self.touched::<F>(&m, start, end, false)
+            Ok(())
         })
     }
 
@@ -1071,7 +1073,7 @@ impl AddrSpace {
                     }
                     Ok(())
                 })
-                .and_then(|()| self.touched::<F>(&m, start, end, true))
+                .and_then(|()| self.mark_dirty(&m, start, end))
             };
             drop(m);
             // What merged spines kept, never visible: freed unlocked.
@@ -1235,7 +1237,9 @@ impl AddrSpace {
             let addr = gpa + done;
             let offset = addr % FRAME_SIZE;
             let n = (FRAME_SIZE - offset).min(len - done);
-            let host = match self.translate_locked::<F>(Gpa::from_usize(addr))? {
+            // One walk per page: the leaf's frame, and the access recorded
+            // in it (a hypervisor copy counts for `axalloc_young_get`).
+            let host = match self.copy_leaf::<F>(Gpa::from_usize(addr))? {
                 Some((hpa, _)) => {
                     let page = self
                         .hooks

@@ -278,14 +278,7 @@ pub fn fault_in<F: Format>(
         Probe::Present(entry, raw) if format::leaf_allows::<F>(raw, access.to_mapping()) => {
             // Access tracking cleared the accessed bit and this CPU does not
             // set it itself (the access faulted): set it.
-            if raw & F::ACCESSED == 0 {
-                let _ = entry.compare_exchange(
-                    raw,
-                    raw | F::ACCESSED,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                );
-            }
+            crate::space::mark_accessed::<F>(entry, raw);
             return Ok(Faulted::Spurious);
         }
         // The first write to a logged page since it was armed: write

@@ -23,8 +23,10 @@
 
 use core::sync::atomic::Ordering;
 
+use page_table_multiarch::GenericPTE;
+
 use super::{AddrSpace, Maps};
-use crate::addr::{FRAME_SIZE, Gpa};
+use crate::addr::{FRAME_SIZE, Gpa, Hpa};
 use crate::claims::Purpose;
 use crate::error::{Error, Result};
 use crate::flags::Flags;
@@ -47,6 +49,17 @@ fn without_write<F: Format>(raw: u64) -> Result<u64> {
 
 fn writable<F: Format>(raw: u64) -> bool {
     format::leaf_rights::<F>(raw) & Flags::WRITE.bits() != 0
+}
+
+/// Sets the accessed bit of the present leaf `entry` (seen as `raw`),
+/// retrying while the hardware changes other bits of it meanwhile.
+pub(crate) fn mark_accessed<F: Format>(entry: &core::sync::atomic::AtomicU64, mut raw: u64) {
+    while raw & F::ACCESSED == 0 && F::from_raw(raw).is_present() {
+        match entry.compare_exchange(raw, raw | F::ACCESSED, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => break,
+            Err(now) => raw = now,
+        }
+    }
 }
 
 /// Sets bits `[lo, hi)` (page indexes from the bitmap's start) of `out`.
@@ -452,56 +465,34 @@ impl AddrSpace {
         Ok(())
     }
 
-    /// After a hypervisor copy of `[start, end)`: its present pages were
-    /// accessed, and — `written` — dirtied where logged. Under the shared
-    /// lock `m` the copy held.
-    pub(super) fn touched<F: Format>(
-        &self,
-        m: &ReadGuard<'_, Maps>,
-        start: Gpa,
-        end: Gpa,
-        written: bool,
-    ) -> Result {
-        let (s0, e0) = (start.as_usize(), end.as_usize());
-        if written && !m.logs.is_empty() {
-            let mut gpa = s0;
-            while gpa < e0 {
-                match m.logs.find(gpa) {
-                    Some(log) => {
-                        let hi = log.end.min(e0);
-                        log.set_range(&self.hooks, Map::Dirty, gpa, hi)?;
-                        gpa = hi;
-                    }
-                    None => gpa += FRAME_SIZE,
-                }
-            }
-        }
+    /// What a hypervisor copy reaches at `gpa` (as `translate_locked`), with
+    /// the access recorded in a present leaf's accessed bit.
+    pub(super) fn copy_leaf<F: Format>(&self, gpa: Gpa) -> Result<Option<(Hpa, usize)>> {
         let w = self.walker::<F>();
-        let mut it = Iter::root(&w, s0, e0, Descend::Present)?;
-        while let Some(v) = it.next()? {
-            let Visit::Slot(s) = v else { continue };
-            if matches!(format::decode::<F>(s.raw, s.level), Entry::Leaf { .. })
-                && s.raw & F::ACCESSED == 0
-                && s.entry
-                    .compare_exchange(
-                        s.raw,
-                        s.raw | F::ACCESSED,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    )
-                    .is_err()
-            {
-                it.retry();
+        let Some(f) = w.find(gpa)? else {
+            return Ok(None);
+        };
+        let hpa = match f.decode::<F>() {
+            Entry::Leaf { hpa, .. } => {
+                mark_accessed::<F>(f.entry, f.raw);
+                hpa
             }
-        }
-        Ok(())
+            Entry::Sealed { hpa, .. } => hpa,
+            _ => return Ok(None),
+        };
+        let size = format::level_size(f.level);
+        Ok(Some((
+            Hpa::from_usize(hpa.as_usize() + (gpa.as_usize() & (size - 1))),
+            size,
+        )))
     }
 
-    /// After a discard of `[start, end)`: its logged pages became zeros, so
-    /// they are dirty (every page of the range: a never-touched one is
-    /// reported too — a copy too many, never one too few).
-    pub(super) fn discarded(&self, start: Gpa, end: Gpa) -> Result {
-        let m = self.lock_shared();
+    /// After `axalloc_write` of `[start, end)` (under the shared lock `m`
+    /// the copy held): its logged pages are dirty.
+    pub(super) fn mark_dirty(&self, m: &ReadGuard<'_, Maps>, start: Gpa, end: Gpa) -> Result {
+        if m.logs.is_empty() {
+            return Ok(());
+        }
         let mut gpa = start.as_usize();
         while gpa < end.as_usize() {
             match m.logs.find(gpa) {
@@ -514,5 +505,12 @@ impl AddrSpace {
             }
         }
         Ok(())
+    }
+
+    /// After a discard of `[start, end)`: its logged pages became zeros, so
+    /// they are dirty (every page of the range: a never-touched one is
+    /// reported too — a copy too many, never one too few).
+    pub(super) fn discarded(&self, start: Gpa, end: Gpa) -> Result {
+        self.mark_dirty(&self.lock_shared(), start, end)
     }
 }
